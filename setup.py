@@ -1,0 +1,38 @@
+"""UniMed: one 3D model for classification, detection and segmentation of CT and MR volumes."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="unimed_core",
+    version="0.1.0",
+    description="UniMed: universal 3D medical image model with decomposed and composed decoders",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["unimed_core", "unimed_core.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "monai[nibabel,pynrrd,scipy,tqdm,pyyaml,fire,tensorboard,psutil,jsonschema]>=1.5",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "nibabel>=5",
+        "pynrrd>=1.0",
+        "SimpleITK>=2.3",
+        "pydicom>=3",
+        "highdicom>=0.23",
+        "slicerio>=1.0",
+        "scikit-learn>=1.3",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5"],
+        "bench": ["torchvision", "matplotlib"],
+        "slicer": ["slicer-core"],
+    },
+    entry_points={
+        "console_scripts": [
+            "unimed-make-synthetic=unimed_core.data.synthetic:main",
+            "unimed-make-semisynthetic=unimed_core.data.semi_synthetic:main",
+        ]
+    },
+)
