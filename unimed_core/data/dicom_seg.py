@@ -1,0 +1,141 @@
+"""Write a label volume as a DICOM Segmentation object (highdicom) referencing its source DICOM series.
+
+The reference must be a :class:`~unimed_core.data.image_io.Volume` read from a DICOM series, whose
+``meta["dicom_datasets"]`` holds the series' datasets in slice order ``k`` (``read_image`` keeps them), so that
+frame ``k`` of the SEG is ``labels[:, :, k]`` on source image ``k``. Segment numbers are 1..S in order of label
+id; each segment's label is the class name of the label map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from unimed_core.data.atomic import atomic_write
+from unimed_core.errors import ImageWriteError
+from unimed_core.label_map import LabelMap
+
+if TYPE_CHECKING:
+    from unimed_core.data.image_io import Volume
+
+__all__ = ["write_dicom_seg", "ALGORITHM_NAME"]
+
+ALGORITHM_NAME = "UniMed"
+
+
+def _property_type(name: str):
+    """SNOMED code for a class name when pydicom's code dictionary has one (``kidney_left`` → Kidney), else Tissue.
+
+    Codes are looked up from the name, never retyped per class (the label map stays the one list of classes).
+    """
+    from pydicom.sr.codedict import codes
+
+    words = name.replace("-", "_").split("_")
+    for key in ("".join(w.capitalize() for w in words), words[0].capitalize()):
+        try:
+            return getattr(codes.SCT, key)
+        except AttributeError:
+            continue
+    return codes.SCT.Tissue
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("unimed_core")
+    except PackageNotFoundError:  # running from a checkout that is not pip-installed
+        return "unknown"
+
+
+def write_dicom_seg(
+    labels: np.ndarray,
+    reference: Volume,
+    path: str | Path,
+    label_map: LabelMap,
+    series_description: str = "UniMed segmentation",
+) -> Path:
+    """Write ``labels`` as a binary DICOM SEG, one segment per label id present, atomically.
+
+    Args:
+        labels: non-negative integer array with ``reference.shape``; 0 is background.
+        reference: a volume read from a DICOM series by ``read_image`` (``meta["dicom_datasets"]`` is needed).
+        path: output file (``.dcm``).
+        label_map: gives each label id its segment label.
+        series_description: SeriesDescription of the SEG.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: reference without DICOM source datasets, labels of the wrong shape, or unknown label ids.
+        ImageWriteError: ``path`` is the reference DICOM folder or one of its files.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    version = _version()
+    path = Path(path)
+    datasets = reference.meta.get("dicom_datasets")
+    if not datasets:
+        raise ValueError(
+            "write_dicom_seg needs a reference read from a DICOM series (meta['dicom_datasets']); "
+            f"{reference.path} has format {reference.meta.get('format')!r}. Write .nii.gz or .seg.nrrd instead."
+        )
+    labels = np.asarray(labels)
+    if labels.shape != reference.shape:
+        raise ValueError(f"labels shape {labels.shape} does not match the reference image shape {reference.shape}")
+    if len(datasets) != reference.shape[2]:
+        raise ValueError(f"reference has {len(datasets)} DICOM datasets for {reference.shape[2]} slices")
+    ids = [int(v) for v in np.unique(labels) if v != 0]
+    unknown = [i for i in ids if i not in label_map.mask_classes]
+    if unknown or (labels.size and labels.min() < 0):
+        raise ValueError(f"label ids {unknown or int(labels.min())} are not foreground ids of {label_map.mask_classes}")
+    if not ids:
+        raise ValueError("labels are all background; a DICOM SEG needs at least one segment")
+    sources = {p.resolve() for p in reference.meta.get("dicom_files", [])}
+    if reference.path is not None:
+        sources.add(reference.path.resolve())
+    if path.resolve() in sources:
+        raise ImageWriteError(path, "refusing to overwrite the input image")
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=ALGORITHM_NAME, family=codes.cid7162.ArtificialIntelligence, version=str(version)
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label_map.mask_classes[label_id],
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=_property_type(label_map.mask_classes[label_id]),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number, label_id in enumerate(ids, start=1)
+    ]
+    # Segment numbers must be 1..S; map sparse label ids onto them. Frames are (k, rows=j, columns=i).
+    numbered = np.zeros(labels.shape, dtype=np.uint16)
+    for number, label_id in enumerate(ids, start=1):
+        numbered[labels == label_id] = number
+    pixel_array = numbered.transpose(2, 1, 0)
+    seg = hd.seg.Segmentation(
+        source_images=list(datasets),
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=int(getattr(datasets[0], "SeriesNumber", 0) or 0) + 1000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=ALGORITHM_NAME,
+        manufacturer_model_name=ALGORITHM_NAME,
+        software_versions=str(version),
+        device_serial_number="0",
+        series_description=series_description,
+    )
+    with atomic_write(path, ".dcm") as tmp:
+        seg.save_as(tmp)
+    return path
