@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,bench,semisynthetic]'
 	touch $(STAMP)
 
 install: $(STAMP)

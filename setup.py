@@ -13,7 +13,7 @@ setup(
     packages=find_packages(include=["unimed_core", "unimed_core.*"]),
     install_requires=[
         "torch>=2.4",
-        "monai[nibabel,pynrrd,scipy,tqdm,pyyaml,fire,tensorboard,psutil,jsonschema]>=1.5",
+        "monai[nibabel,pynrrd,scipy,tqdm,pyyaml,fire,tensorboard,psutil,jsonschema,ignite]>=1.5",
         "numpy>=1.26",
         "scipy>=1.11",
         "nibabel>=5",
@@ -28,11 +28,14 @@ setup(
         "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5"],
         "bench": ["torchvision", "matplotlib"],
         "slicer": ["slicer-core"],
+        # real anatomy for semi-synthetic studies: nilearn ships the MNI152 template and masks in its wheel
+        "semisynthetic": ["nilearn"],
     },
     entry_points={
         "console_scripts": [
             "unimed-make-synthetic=unimed_core.data.synthetic:main",
             "unimed-make-semisynthetic=unimed_core.data.semi_synthetic:main",
+            "unimed-infer=unimed_core.cli.infer:main",
         ]
     },
 )

@@ -57,9 +57,9 @@ def test_box_round_trip_axis_aligned(index):
     assert voxel.shape == (16, 6)
     assert np.all(voxel[:, 3:] >= voxel[:, :3])  # flips swap corners; results stay min/max
     np.testing.assert_allclose(voxel_to_world_boxes(voxel, affine), boxes_world, rtol=0, atol=1e-5)
-    # Same as MONAI's two-corner transform where that one is exact (axis-aligned affines; MONAI computes in float32).
+    # MONAI's two-corner transform, exact for axis-aligned affines (in float32), plus our half-voxel corner shift.
     expected = apply_affine_to_boxes(torch.as_tensor(boxes_world), torch.as_tensor(np.linalg.inv(affine)))
-    np.testing.assert_allclose(voxel, expected.numpy(), atol=1e-3)
+    np.testing.assert_allclose(voxel, expected.numpy() + 0.5, atol=1e-3)
 
 
 def test_box_modes_are_monai_modes():
@@ -79,7 +79,7 @@ def test_oblique_box_contains_rotated_corners():
     # Enclosing boxes can only grow through a rotation, never lose the original box.
     assert np.all(back[:, :3] <= boxes_world[:, :3] + 1e-9) and np.all(back[:, 3:] >= boxes_world[:, 3:] - 1e-9)
     centre = (boxes_world[:, :3] + boxes_world[:, 3:]) / 2
-    np.testing.assert_allclose(voxel_to_world_points((voxel[:, :3] + voxel[:, 3:]) / 2, affine), centre, atol=1e-9)
+    np.testing.assert_allclose(voxel_to_world_points((voxel[:, :3] + voxel[:, 3:]) / 2 - 0.5, affine), centre, atol=1e-9)
 
 
 @pytest.mark.parametrize("affine", [*AXIS_ALIGNED, oblique()])
@@ -103,6 +103,9 @@ def test_box_from_mask_contains_world_points_of_mask(affine):
     for instance, box in zip(ids, world_boxes):
         points = voxel_to_world_points(np.argwhere(mask == instance).astype(float), affine)
         assert np.all(points >= box[:3] - 1e-9) and np.all(points <= box[3:] + 1e-9)
+    # the world box is the voxels' physical extent: the mask box's centre is the centre of its voxel centres
+    first = voxel_to_world_points(np.array([[2.0, 3, 1], [4, 8, 1]]), affine).mean(0)
+    np.testing.assert_allclose((world_boxes[0, :3] + world_boxes[0, 3:]) / 2, first, atol=1e-9)
 
 
 def test_boxes_from_mask_matches_monai_and_inverts_box_to_mask():

@@ -5,12 +5,14 @@ Conventions (MONAI's, not new ones):
 - Box layout is MONAI's ``StandardMode``, ``"xyzxyz"``: ``[x1, y1, z1, x2, y2, z2]`` with ``x1 <= x2`` etc.; other
   MONAI modes (``"xxyyzz"``, ``"xyzwhd"``, ``"cccwhd"``) are accepted as input through
   :func:`monai.data.box_utils.convert_box_to_standard_mode`.
-- Voxel box coordinates are continuous voxel indices (``x`` along array axis ``i``, ``y`` along ``j``, ``z``
-  along ``k``), half-open as in MONAI detection: a mask whose voxels span indices ``a..b`` on an axis has the box
-  ``[a, b + 1)`` (:func:`monai.apps.detection.transforms.box_ops.convert_mask_to_box`, whose inverse is
-  ``convert_box_to_mask``). A box coordinate ``c`` maps to world as the point ``affine @ (c, 1)`` — integer
-  indices are voxel centres, so the world box of a mask extends half a voxel less before the first voxel centre
-  and half a voxel more after the last one; it always contains every mask voxel centre.
+- Voxel box coordinates are MONAI detection's corner convention: voxel ``i`` spans ``[i, i + 1)`` along its
+  axis (``x`` along array axis ``i``, ``y`` along ``j``, ``z`` along ``k``), so a mask whose voxels span indices
+  ``a..b`` has the box ``[a, b + 1)`` (:func:`monai.apps.detection.transforms.box_ops.convert_mask_to_box`,
+  whose inverse is ``convert_box_to_mask``). Points, by contrast, are continuous voxel indices whose integers
+  are voxel centres (``affine @ (i, j, k, 1)``). A box corner ``c`` is therefore the point ``c - 0.5``: the
+  world box of a mask is the physical extent of its voxels, from half a voxel before the first voxel centre to
+  half a voxel after the last one. (MONAI's ``AffineBoxToWorldCoordinated`` applies the affine to corners
+  directly and so shifts boxes by half a voxel; we do not.)
 - World coordinates are RAS millimetres (``Volume.affine``'s space, see :mod:`unimed_core.data.image_io`).
 
 Boxes are mapped by transforming all 8 corners and taking their min/max in float64. For axis-aligned affines
@@ -89,6 +91,10 @@ def _standard(boxes: np.ndarray, mode: str | BoxMode | None) -> np.ndarray:
     return boxes
 
 
+# Corner-convention box coordinates → centre-convention voxel indices (see the module docstring).
+_CORNER_TO_CENTRE = np.array([[1, 0, 0, -0.5], [0, 1, 0, -0.5], [0, 0, 1, -0.5], [0, 0, 0, 1.0]])
+
+
 def _map_boxes(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     n = boxes.shape[0]
     # The 8 corners of each box: pick min or max per axis by the bits of the corner number.
@@ -110,9 +116,9 @@ def world_to_voxel_boxes(
 
     Example:
         >>> world_to_voxel_boxes(np.array([[-4.0, 0, 0, 0, 2, 3]]), np.diag([-2.0, 1, 1, 1])).tolist()
-        [[0.0, 0.0, 0.0, 2.0, 2.0, 3.0]]
+        [[0.5, 0.5, 0.5, 2.5, 2.5, 3.5]]
     """
-    return _map_boxes(_standard(boxes_world, mode), np.linalg.inv(_check_affine(affine)))
+    return _map_boxes(_standard(boxes_world, mode), np.linalg.inv(_check_affine(affine) @ _CORNER_TO_CENTRE))
 
 
 def voxel_to_world_boxes(
@@ -125,7 +131,7 @@ def voxel_to_world_boxes(
         affine: 4x4 voxel → RAS affine (``Volume.affine``).
         mode: MONAI box mode of ``boxes_voxel``.
     """
-    return _map_boxes(_standard(boxes_voxel, mode), _check_affine(affine))
+    return _map_boxes(_standard(boxes_voxel, mode), _check_affine(affine) @ _CORNER_TO_CENTRE)
 
 
 def clip_boxes_to_shape(
