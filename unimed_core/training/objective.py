@@ -1,0 +1,237 @@
+"""One-stage joint training objective: one forward pass, a weighted sum of named loss terms (DESIGN.md §1.4).
+
+Every batch mixes samples with whatever annotation they have. The objective draws prompts and picks one
+target sequence per sample, calls the model ONCE, and adds up the terms the batch's annotations allow:
+
+==============================  ==========================================================================
+term                            computed from
+==============================  ==========================================================================
+``loss_class``, ``loss_mask_*``  the injected :class:`SetCriterion` (latent queries; plus ``_i`` aux layers)
+``loss_box``
+``loss_image``                  image logits, samples with image labels, image-class entries only
+``loss_prompt_mask_bce/dice``   prompt queries' masks against the masks their prompts target
+``loss_sequence``               next-token CE of the composed decoder
+``loss_sequence_mask_bce/dice`` masks decoded at MASK tokens against their class's semantic mask
+``loss_mvm``                    masked volume modelling, every volume (only when its weight is > 0)
+==============================  ==========================================================================
+
+``total = Σ weight(name) · term``. ``weights`` is keyed by term names, with or without the ``loss_`` prefix
+(``{"mvm": 0.5}`` is ``{"loss_mvm": 0.5}``). An aux term ``loss_class_0`` uses its own key if present, else
+its group's (``loss_class``). A term missing from ``weights`` gets weight 1.0 — except ``loss_mvm``, which is
+opt-in: its mask is built and its term computed only when its weight is > 0. A volume without any annotation
+therefore contributes only ``loss_mvm``. No task string reaches the model (STYLE.md §5).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from unimed_core.label_map import LabelMap
+from unimed_core.losses.mask_losses import dice_loss, sigmoid_bce_loss
+from unimed_core.losses.mvm import mvm_loss, random_volume_mask
+from unimed_core.losses.sequence_loss import sequence_loss, sequence_mask_targets
+from unimed_core.losses.set_criterion import SetCriterion, image_loss
+from unimed_core.model.inputs import PromptBatch
+from unimed_core.model.outputs import UniMedOutput
+from unimed_core.model.targets import Target
+from unimed_core.training.prompt_sampling import sample_prompts
+
+__all__ = ["JointObjective"]
+
+_AUX_SUFFIX = re.compile(r"_\d+$")
+
+
+def _canonical(name: str) -> str:
+    return name if name.startswith("loss_") else f"loss_{name}"
+
+
+class JointObjective:
+    """The training loss of UniMed: ``(model, images, targets, generator) -> (total, terms)``.
+
+    Args:
+        criterion: the set criterion (with its matcher); its ``mask_sampler`` is reused for every mask term.
+        tokenizer: the ``unimed_core.tokenizer.Tokenizer`` whose vocabulary the model uses.
+        weights: term name → weight (see the module docstring for the lookup rules); weights must be >= 0.
+        num_prompts: P prompts drawn per sample (0: no prompt queries are trained).
+        mvm_patch: edge in voxels of the hidden patches of masked volume modelling.
+        mvm_ratio: share of patches hidden.
+        image_class_indices: class indices scored by ``loss_image``; default ``label_map.image_class_indices()``.
+        label_map: the label map (class index → mask id for the sequence mask targets); default the bundle's.
+        prompt_probs: relative frequencies of (class, point, box) prompts.
+        mvm_kind: ``"mse"`` or ``"smooth_l1"``.
+
+    Example:
+        >>> objective = JointObjective(criterion, tokenizer, {"mvm": 0.5, "sequence": 0.5})  # doctest: +SKIP
+        >>> total, terms = objective(model, images, targets, torch.Generator().manual_seed(step))  # doctest: +SKIP
+        >>> total.backward()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        criterion: SetCriterion,
+        tokenizer,
+        weights: Mapping[str, float] | None = None,
+        num_prompts: int = 4,
+        mvm_patch: int = 8,
+        mvm_ratio: float = 0.4,
+        image_class_indices: Sequence[int] | None = None,
+        label_map: LabelMap | None = None,
+        prompt_probs: tuple[float, float, float] = (0.25, 0.5, 0.25),
+        mvm_kind: str = "mse",
+    ) -> None:
+        if not isinstance(criterion, SetCriterion):
+            raise ValueError(f"criterion must be a SetCriterion, got {type(criterion).__name__}")
+        weights = dict(weights or {})
+        for name, w in weights.items():
+            if not isinstance(name, str) or float(w) < 0:
+                raise ValueError(f"weights must map term names to numbers >= 0, got {name!r}: {w!r}")
+        if isinstance(num_prompts, bool) or int(num_prompts) < 0:
+            raise ValueError(f"num_prompts must be an integer >= 0, got {num_prompts!r}")
+        if int(mvm_patch) < 1 or not 0 <= mvm_ratio < 1:
+            raise ValueError(f"need mvm_patch >= 1 and mvm_ratio in [0, 1), got {mvm_patch}, {mvm_ratio}")
+        if len(prompt_probs) != 3:
+            raise ValueError(f"prompt_probs must be (class, point, box), got {prompt_probs!r}")
+        if mvm_kind not in ("mse", "smooth_l1"):
+            raise ValueError(f"mvm_kind must be 'mse' or 'smooth_l1', got {mvm_kind!r}")
+        self.criterion = criterion
+        self.tokenizer = tokenizer
+        self.vocab = tokenizer.vocab
+        self.label_map = label_map if label_map is not None else LabelMap.default()
+        if tuple(self.label_map.class_names) != tuple(self.vocab.class_names):
+            raise ValueError(
+                f"label map classes {list(self.label_map.class_names)} differ from the vocabulary's "
+                f"{list(self.vocab.class_names)}"
+            )
+        if criterion.num_classes != self.vocab.num_classes:
+            raise ValueError(f"criterion has {criterion.num_classes} classes, vocabulary {self.vocab.num_classes}")
+        self.weights = {_canonical(k): float(v) for k, v in weights.items()}
+        self.num_prompts = int(num_prompts)
+        self.mvm_patch = int(mvm_patch)
+        self.mvm_ratio = float(mvm_ratio)
+        self.image_class_indices = list(
+            self.label_map.image_class_indices() if image_class_indices is None else image_class_indices
+        )
+        self.prompt_probs = tuple(float(p) for p in prompt_probs)
+        self.mvm_kind = mvm_kind
+
+    def weight(self, name: str) -> float:
+        """Weight of term ``name``: its own key, else its group's (aux suffix removed), else 1.0 (mvm: 0.0)."""
+        if name in self.weights:
+            return self.weights[name]
+        group = _AUX_SUFFIX.sub("", name)
+        if group in self.weights:
+            return self.weights[group]
+        return 0.0 if group == "loss_mvm" else 1.0
+
+    def _pick_sequences(self, targets: Sequence[Target], generator: torch.Generator | None) -> torch.Tensor | None:
+        rows: list[list[int]] = []
+        for t in targets:
+            if t.sequences:
+                i = int(torch.randint(len(t.sequences), (1,), generator=generator))
+                rows.append([int(x) for x in t.sequences[i].tolist()])
+            else:
+                rows.append([])
+        if not any(rows):
+            return None
+        return self.tokenizer.pad_batch(rows)
+
+    def _class_of_token(self, token: int) -> int | None:
+        return self.vocab.class_index(token) if self.vocab.is_class(token) else None
+
+    def __call__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        targets: Sequence[Target],
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One training step's loss.
+
+        Args:
+            model: the network, ``model(image, prompts, sequences, volume_mask) -> UniMedOutput``.
+            images: (B, 1, D, H, W) patches.
+            targets: B targets (any annotation, or none).
+            generator: CPU random generator for prompts, sequence choice and the MVM mask.
+
+        Returns:
+            ``(total, terms)``: the weighted sum to back-propagate, and the unweighted terms that were present
+            (still attached to the graph).
+        """
+        targets = list(targets)
+        if images.ndim != 5 or images.shape[0] != len(targets):
+            raise ValueError(f"images must be (B, C, D, H, W) with B = {len(targets)}, got {tuple(images.shape)}")
+        device = images.device
+
+        prompts, prompt_masks, prompt_valid = None, None, None
+        if self.num_prompts > 0:
+            cls_p, point_p, box_p = self.prompt_probs
+            batch, prompt_masks, prompt_valid = sample_prompts(
+                targets,
+                self.tokenizer,
+                self.num_prompts,
+                images.shape[2:],
+                generator,
+                point_prob=point_p,
+                class_prob=cls_p,
+                box_prob=box_p,
+            )
+            if prompt_valid.any():
+                prompts = PromptBatch(batch.tokens.to(device))
+        sequences = self._pick_sequences(targets, generator)
+        if sequences is not None:
+            sequences = sequences.to(device)
+        volume_mask = None
+        if self.weight("loss_mvm") > 0:
+            volume_mask = random_volume_mask(images.shape, self.mvm_patch, self.mvm_ratio, generator, device)
+
+        out: UniMedOutput = model(images, prompts, sequences, volume_mask)
+        dec = out.decomposed
+
+        terms: dict[str, torch.Tensor] = dict(self.criterion(dec, targets, generator))
+        terms.update(image_loss(dec, targets, self.image_class_indices))
+        if prompts is not None:
+            pred = dec.mask_logits[:, dec.layout.prompt][prompt_valid.to(device)].float()
+            tgt = prompt_masks[prompt_valid].to(device)
+            p, t = self.criterion.mask_sampler.for_loss(pred, tgt, generator)
+            n = float(pred.shape[0])
+            terms["loss_prompt_mask_bce"] = sigmoid_bce_loss(p, t, n)
+            terms["loss_prompt_mask_dice"] = dice_loss(p, t, n)
+        if sequences is not None and out.composed is not None:
+            slots = sequence_mask_targets(
+                sequences, targets, self.vocab.mask, self._class_of_token, self.label_map.class_index_to_mask_id
+            )
+            terms.update(
+                sequence_loss(out.composed, sequences, slots, self.vocab.pad, self.criterion.mask_sampler, generator)
+            )
+        if volume_mask is not None and out.reconstruction is not None:
+            terms.update(mvm_loss(out.reconstruction, images, volume_mask, self.mvm_kind))
+
+        total = _zero_touch(out, device)
+        for name, value in terms.items():
+            w = self.weight(name)
+            if w != 0:
+                total = total + w * value
+        return total, terms
+
+
+def _zero_touch(out: UniMedOutput, device: torch.device) -> torch.Tensor:
+    """0 × (sum of every output), so every head gets a (zero) gradient even when its terms are absent.
+
+    Without it a batch with, say, no boxes leaves the box head out of the graph, and DistributedDataParallel
+    (without ``find_unused_parameters``) waits forever for that head's gradients.
+    """
+    dec = out.decomposed
+    parts = [dec.class_logits, dec.mask_logits, dec.box_logits, dec.image_logits, out.reconstruction]
+    if out.composed is not None:
+        parts += [out.composed.token_logits, out.composed.mask_logits]
+    for aux in dec.aux:
+        parts += list(aux.values())
+    total = torch.zeros((), device=device)
+    for p in parts:
+        if isinstance(p, torch.Tensor) and p.requires_grad:
+            total = total + 0.0 * p.float().sum()
+    return total
