@@ -23,6 +23,7 @@ setup(
         "highdicom>=0.23",
         "slicerio>=1.0",
         "scikit-learn>=1.3",
+        "einops>=0.7",  # MONAI's SwinTransformer (the base variant's encoder) needs it
     ],
     extras_require={
         "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5"],

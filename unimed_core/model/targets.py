@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Target"]
+__all__ = ["Target", "target_to"]
 
 
 @dataclass
@@ -27,6 +27,9 @@ class Target:
             corner mode in array axis order, or None.
         image_labels: (C,) float multi-hot over ``LabelMap.class_names`` (only the image-class entries are
             meaningful), or None (no image-level annotation).
+        annotated_classes: (A,) long class indices that the object annotation covers, or None when it covers
+            every class (a full mask). A boxes-only sample covers only the box classes: an organ that is present
+            but unannotated is then not taught as "no object".
         sequences: token-id sequences (1-D long tensors) this sample's annotations encode to, one per task
             present (CLS / DET / SEG), built by the tokenizer; empty when nothing is annotated.
     """
@@ -37,6 +40,7 @@ class Target:
     instance_boxes: torch.Tensor | None = None
     image_labels: torch.Tensor | None = None
     sequences: tuple[torch.Tensor, ...] = ()
+    annotated_classes: torch.Tensor | None = None
 
     @property
     def has_mask(self) -> bool:
@@ -49,3 +53,20 @@ class Target:
     @property
     def has_image_labels(self) -> bool:
         return self.image_labels is not None
+
+
+def target_to(target: Target, device: torch.device | str) -> Target:
+    """A copy of ``target`` with every tensor on ``device`` (absent fields stay None)."""
+
+    def move(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.to(device, non_blocking=True)
+
+    return Target(
+        semantic=move(target.semantic),
+        instance_labels=move(target.instance_labels),
+        instance_masks=move(target.instance_masks),
+        instance_boxes=move(target.instance_boxes),
+        image_labels=move(target.image_labels),
+        sequences=tuple(s.to(device, non_blocking=True) for s in target.sequences),
+        annotated_classes=move(target.annotated_classes),
+    )

@@ -1,0 +1,75 @@
+"""Safe weight files: saved atomically with a sha256 beside them, loaded only after the hash matches.
+
+``torch.load(..., weights_only=True)`` refuses pickled code; the hash check refuses a file that was changed
+or truncated after it was written (or downloaded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from unimed_core.data.atomic import atomic_write, atomic_write_text
+
+__all__ = ["sha256_of", "save_weights", "load_weights", "WeightsError"]
+
+
+class WeightsError(ValueError):
+    """A weight file that is missing, tampered with or does not fit the network."""
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> str:
+    """Write ``model``'s state dict to ``path`` and its sha256 to ``path.sha256``; returns the hash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
+    digest = sha256_of(path)
+    atomic_write_text(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
+    return digest
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, sha256: str | None = None) -> torch.nn.Module:
+    """Load weights into ``model`` after checking their hash.
+
+    Args:
+        model: the network to fill.
+        path: a file written by :func:`save_weights` (or a MONAI checkpoint dict with a ``network`` entry).
+        sha256: the expected hash; when None it is read from ``path.sha256``, which must exist.
+
+    Raises:
+        WeightsError: missing file or hash, hash mismatch, or weights that do not fit ``model``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found")
+    if sha256 is None:
+        sidecar = path.with_name(path.name + ".sha256")
+        if not sidecar.is_file():
+            raise WeightsError(f"{path}: no expected sha256 given and no {sidecar.name} beside it")
+        sha256 = sidecar.read_text(encoding="utf-8").split()[0]
+    actual = sha256_of(path)
+    if actual != sha256.lower():
+        raise WeightsError(f"{path}: sha256 {actual} does not match the expected {sha256}; refusing to load")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused, truncated zip, ...
+        raise WeightsError(f"{path}: cannot load weights safely: {e}") from e
+    if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
+        state = state["network"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsError(f"{path}: weights do not fit this network: {e}") from e
+    return model
