@@ -87,6 +87,10 @@ class LabelMap:
         except ValueError:
             raise ValueError(f"unknown class {name!r}; known classes: {list(self.class_names)}") from None
 
+    def mask_classes_by_name(self) -> dict[str, int]:
+        """Name → label id of the mask classes (background included)."""
+        return {name: i for i, name in self.mask_classes.items()}
+
     def mask_id_to_class_index(self, mask_id: int) -> int:
         """Class index of label id ``mask_id`` (>0)."""
         if mask_id <= 0 or mask_id >= self.num_mask_classes:
@@ -109,8 +113,18 @@ class LabelMap:
         """Display colour of ``name``: the declared one, else a fixed, distinct colour from a palette."""
         if name in self.colors:
             return self.colors[name]
-        palette = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-                   (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+        palette = [
+            (230, 25, 75),
+            (60, 180, 75),
+            (255, 225, 25),
+            (0, 130, 200),
+            (245, 130, 48),
+            (145, 30, 180),
+            (70, 240, 240),
+            (240, 50, 230),
+            (210, 245, 60),
+            (250, 190, 212),
+        ]
         return palette[self.class_names.index(name) % len(palette)] if name in self.class_names else (128, 128, 128)
 
     @classmethod

@@ -46,3 +46,15 @@ def test_failure_keeps_previous_content(tmp_path):
 def test_missing_folder(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         atomic_write_text(tmp_path / "no" / "d.txt", "x")
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = atomic_write_text(tmp_path / "result.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644

@@ -186,3 +186,31 @@ def test_bad_arguments():
         SetCriterion(C, matcher=None)
     with pytest.raises(ValueError, match="columns"):
         SetCriterion(C + 1, HungarianMatcher())(_output(1), _mixed_targets()[:1])
+
+
+def test_unannotated_classes_are_not_taught_as_no_object():
+    """A boxes-only sample annotates only some classes: raising an unannotated class's logit costs nothing."""
+    torch.manual_seed(0)
+    num_classes, queries = 4, 5
+    layout = QueryLayout(num_latent=queries, num_prompt=0)
+
+    def output(organ_logit: float) -> DecomposedOutput:
+        class_logits = torch.zeros(1, queries + 1, num_classes + 1)
+        class_logits[0, :, 0] = organ_logit  # class 0: an organ nobody annotated in this sample
+        return DecomposedOutput(
+            class_logits=class_logits,
+            mask_logits=torch.zeros(1, queries + 1, 4, 4, 4),
+            box_logits=torch.zeros(1, queries + 1, 6, 8),
+            image_logits=torch.zeros(1, num_classes),
+            queries=torch.zeros(1, queries + 1, 8),
+            layout=layout,
+        )
+
+    box = torch.tensor([[0.1, 0.1, 0.1, 0.4, 0.4, 0.4]])
+    partial = Target(instance_labels=torch.tensor([3]), instance_boxes=box, annotated_classes=torch.tensor([2, 3]))
+    full = Target(instance_labels=torch.tensor([3]), instance_boxes=box)
+    criterion = SetCriterion(num_classes, HungarianMatcher(cost_mask_bce=0, cost_mask_dice=0))
+    low, high = (criterion(output(v), [partial])["loss_class"] for v in (0.0, 8.0))
+    assert torch.isclose(low, high)
+    low, high = (criterion(output(v), [full])["loss_class"] for v in (0.0, 8.0))
+    assert high > low + 1.0

@@ -18,6 +18,12 @@ from typing import Any
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json"]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` when the block ends without error.
@@ -44,6 +50,9 @@ def atomic_write(path: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes the file private (0600); a result should have the permissions any new file gets.
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

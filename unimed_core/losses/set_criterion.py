@@ -116,14 +116,24 @@ class SetCriterion(nn.Module):
             losses.update(self._layer_losses(aux_output(decomposed, i), targets, f"_{i}", generator))
         return losses
 
-    def _normaliser(self, count: int, device: torch.device) -> torch.Tensor:
-        n = self.count_reducer(torch.tensor(float(count), device=device))
-        return torch.clamp(n, min=1.0)
+    def _normalisers(self, targets: list[Target], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask objects, box objects) in the batch, averaged over processes, at least 1.
+
+        Called on every layer of every step, whatever the batch holds: the all-reduce behind ``count_reducer``
+        is a collective, and a process that skipped it (say, its batch had no boxes) would hang or break the
+        others under DistributedDataParallel.
+        """
+        n_mask = sum(len(t.instance_labels) for t in targets if t.has_objects and t.instance_masks is not None)
+        n_box = sum(len(t.instance_labels) for t in targets if t.has_objects and t.instance_boxes is not None)
+        counts = self.count_reducer(torch.tensor([float(n_mask), float(n_box)], device=device))
+        counts = torch.clamp(counts, min=1.0)
+        return counts[0], counts[1]
 
     def _layer_losses(
         self, out: DecomposedOutput, targets: list[Target], suffix: str, generator: torch.Generator | None
     ) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
+        num_masks, num_boxes = self._normalisers(targets, out.class_logits.device)
         with_objects = [b for b, t in enumerate(targets) if t.has_objects]
         if not with_objects:
             return losses
@@ -132,14 +142,23 @@ class SetCriterion(nn.Module):
         device = out.class_logits.device
 
         # Class loss over every latent query of the samples with objects.
-        logits = out.class_logits[with_objects, latent]  # (S, N, C + 1)
+        logits = out.class_logits[with_objects, latent].float()  # (S, N, C + 1)
         classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=device)
         for s, b in enumerate(with_objects):
             q, k = matches[b]
             if len(q):
                 classes[s, q.to(device)] = targets[b].instance_labels.to(device).long()[k.to(device)]
+        # Partial annotation: a sample that annotates only some classes (e.g. lesion boxes, organs unlabelled)
+        # must not teach "no object" for the classes it does not annotate, so those logits are left out of
+        # its softmax.
+        unannotated = torch.zeros(logits.shape[0], logits.shape[2], dtype=torch.bool, device=device)
+        for s, b in enumerate(with_objects):
+            if targets[b].annotated_classes is not None:
+                unannotated[s, : self.num_classes] = True
+                unannotated[s, targets[b].annotated_classes.to(device).long()] = False
+        logits = logits.masked_fill(unannotated[:, None, :], -1e4)
         losses[f"loss_class{suffix}"] = F.cross_entropy(
-            logits.transpose(1, 2).float(), classes, weight=self.empty_weight.to(device)
+            logits.transpose(1, 2), classes, weight=self.empty_weight.to(device)
         )
 
         # Mask losses over the matched queries of samples with instance masks.
@@ -151,7 +170,7 @@ class SetCriterion(nn.Module):
                 tgt_masks.append(targets[b].instance_masks[k.to(targets[b].instance_masks.device)])
         if pred_masks:
             pred = torch.cat(pred_masks).float()
-            num = self._normaliser(pred.shape[0], device)
+            num = num_masks
             p, t = self.mask_sampler.for_loss(pred, torch.cat([m.to(device) for m in tgt_masks]), generator)
             losses[f"loss_mask_bce{suffix}"] = sigmoid_bce_loss(p, t, num)
             losses[f"loss_mask_dice{suffix}"] = dice_loss(p, t, num)
@@ -166,7 +185,7 @@ class SetCriterion(nn.Module):
                     tgt_boxes.append(targets[b].instance_boxes.to(device)[k.to(device)])
         if pred_boxes:
             pred = torch.cat(pred_boxes).float()
-            num = self._normaliser(pred.shape[0], device)
+            num = num_boxes
             losses[f"loss_box{suffix}"] = box_bin_loss(
                 pred, torch.cat(tgt_boxes).float(), num, smoothing=self.box_smoothing, l1_weight=self.box_l1_weight
             )

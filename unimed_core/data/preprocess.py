@@ -1,0 +1,115 @@
+"""From a volume in its own geometry to the model's working grid, and back (DESIGN.md §3).
+
+The model works in voxel space of a reoriented (closest to RAS) and resampled volume with a fixed working
+spacing; everything leaving the program goes back to the input's own grid. Both directions use MONAI's
+spatial transforms on ``MetaTensor`` so that the affine travels with the data, oblique ones included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Orientation, ScaleIntensityRangePercentiles, SpatialResample
+
+from unimed_core.data.image_io import Volume
+
+__all__ = ["PreparedVolume", "prepare_image", "resample_label_to", "restore_to_source", "normalize_intensity"]
+
+
+@dataclass
+class PreparedVolume:
+    """A volume on the working grid.
+
+    Attributes:
+        image: (1, D, H, W) float32, intensities normalised to [-1, 1].
+        affine: 4x4 working-grid voxel index → world RAS mm.
+        source_shape: shape of the input volume.
+        source_affine: affine of the input volume.
+    """
+
+    image: torch.Tensor
+    affine: np.ndarray
+    source_shape: tuple[int, int, int]
+    source_affine: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.image.shape[1:])
+
+
+def normalize_intensity(image: torch.Tensor, lower: float = 0.5, upper: float = 99.5) -> torch.Tensor:
+    """Map the [lower, upper] percentile range to [-1, 1] and clip; modality agnostic (CT HU or MR units).
+
+    Percentiles rather than a CT window so that one model reads CT-like and MR-like volumes alike.
+    """
+    image = image.float()
+    lo, hi = np.percentile(image.numpy(), [lower, upper])
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi - lo <= 1e-6 * max(1.0, abs(hi)):
+        raise ValueError("image intensities are constant (or nearly so): nothing to analyse")
+    return ScaleIntensityRangePercentiles(lower, upper, b_min=-1.0, b_max=1.0, clip=True)(image)
+
+
+def _to_working_grid(
+    array: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float], mode: str
+) -> MetaTensor:
+    """Reorient to (closest) RAS, then resample to ``spacing`` with the same directions and first voxel centre.
+
+    The output size is ``floor((n - 1) * old / new + 1e-4) + 1`` per axis: the input's extent from its first to
+    its last voxel centre, never extrapolated. MONAI's ``Spacing`` rounds ``(n - 1) * old / new + 1`` instead,
+    which flips by one voxel on float noise in the affine (1e-7 mm) when that value ends in .5 — a NIfTI and the
+    same volume saved as NRRD would then get different grids.
+    """
+    data = MetaTensor(torch.as_tensor(np.ascontiguousarray(array))[None], affine=torch.as_tensor(affine))
+    data = Orientation(axcodes="RAS", labels=None)(data)
+    src = data.affine.numpy().astype(np.float64)
+    old = np.linalg.norm(src[:3, :3], axis=0)
+    new = np.asarray(spacing, dtype=np.float64)
+    dst = src.copy()
+    dst[:3, :3] = src[:3, :3] / old * new
+    size = np.floor((np.asarray(data.shape[1:]) - 1) * old / new + 1e-4).astype(int) + 1
+    return SpatialResample(mode=mode, padding_mode="border")(
+        data, dst_affine=torch.as_tensor(dst), spatial_size=tuple(int(v) for v in size)
+    )
+
+
+def prepare_image(volume: Volume, spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)) -> PreparedVolume:
+    """Reorient to RAS, resample to ``spacing`` mm and normalise intensities.
+
+    Args:
+        volume: the input volume (any orientation, spacing, oblique direction).
+        spacing: working spacing in mm.
+    """
+    if len(spacing) != 3 or any(s <= 0 for s in spacing):
+        raise ValueError(f"spacing must be three positive numbers in mm, got {spacing}")
+    resampled = _to_working_grid(volume.array.astype(np.float32, copy=False), volume.affine, spacing, "bilinear")
+    image = normalize_intensity(resampled.as_tensor())
+    return PreparedVolume(
+        image=image.contiguous(),
+        affine=resampled.affine.numpy().astype(np.float64),
+        source_shape=tuple(int(s) for s in volume.shape),
+        source_affine=np.asarray(volume.affine, dtype=np.float64),
+    )
+
+
+def resample_label_to(labels: np.ndarray, label_affine: np.ndarray, prepared: PreparedVolume) -> torch.Tensor:
+    """Put a label volume (with its own affine) on ``prepared``'s working grid (nearest neighbour)."""
+    src = MetaTensor(torch.as_tensor(np.ascontiguousarray(labels)).float()[None], affine=torch.as_tensor(label_affine))
+    out = SpatialResample(mode="nearest", padding_mode="zeros")(
+        src, dst_affine=torch.as_tensor(prepared.affine), spatial_size=prepared.shape
+    )
+    return out.as_tensor()[0].round().long()
+
+
+def restore_to_source(data: torch.Tensor, prepared: PreparedVolume, mode: str = "nearest") -> torch.Tensor:
+    """Resample (C, D, H, W) data on the working grid back onto the input's own grid.
+
+    ``mode="nearest"`` for labels, ``"bilinear"`` for probabilities.
+    """
+    src = MetaTensor(data.float(), affine=torch.as_tensor(prepared.affine))
+    out = SpatialResample(mode=mode, padding_mode="zeros")(
+        src, dst_affine=torch.as_tensor(prepared.source_affine), spatial_size=prepared.source_shape
+    )
+    return out.as_tensor()

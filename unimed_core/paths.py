@@ -1,0 +1,19 @@
+"""One place for paths and environment variables (STYLE.md §12)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["REPO_ROOT", "BUNDLE_DIR", "DEFAULT_WEIGHTS", "SAMPLE_DIR", "output_dir"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# UNIMED_BUNDLE points at another bundle folder (e.g. one unpacked from a MONAI model zoo download).
+BUNDLE_DIR = Path(os.environ.get("UNIMED_BUNDLE", REPO_ROOT / "bundle")).resolve()
+DEFAULT_WEIGHTS = BUNDLE_DIR / "models" / "model.pt"
+SAMPLE_DIR = BUNDLE_DIR / "sample"
+
+
+def output_dir(default: str | Path = "outputs") -> Path:
+    """Where outputs go unless told otherwise: ``UNIMED_OUTPUT`` or ``./outputs``."""
+    return Path(os.environ.get("UNIMED_OUTPUT", default)).resolve()
