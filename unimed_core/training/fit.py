@@ -23,13 +23,34 @@ from unimed_core.tokenizer import Tokenizer
 from unimed_core.training.joint_iteration import JointIteration
 from unimed_core.training.objective import JointObjective
 
-__all__ = ["build_objective", "build_train_loader", "build_trainer", "fit", "TimeBudget"]
+# Mask2Former's balance for the set terms (class 2, mask BCE 5, Dice 5); the box-token term is already a sum
+# over six coordinates plus an L1, so it gets 1. The unsupervised term is on, so unlabelled volumes count.
+DEFAULT_LOSS_WEIGHTS = {
+    "loss_class": 2.0,
+    "loss_mask_bce": 5.0,
+    "loss_mask_dice": 5.0,
+    "loss_box": 1.0,
+    "loss_image": 2.0,
+    "loss_prompt_mask_bce": 5.0,
+    "loss_prompt_mask_dice": 5.0,
+    "loss_sequence": 1.0,
+    "loss_sequence_mask_bce": 2.0,
+    "loss_sequence_mask_dice": 2.0,
+    "loss_mvm": 0.2,
+}
+
+__all__ = ["DEFAULT_LOSS_WEIGHTS", "build_objective", "build_train_loader", "build_trainer", "fit", "TimeBudget"]
 
 
 def build_objective(
     model: torch.nn.Module, label_map: LabelMap, weights: Mapping[str, float] | None = None, **kwargs
 ) -> JointObjective:
-    """Hungarian matcher → set criterion → joint objective over the model's vocabulary."""
+    """Hungarian matcher → set criterion → joint objective over the model's vocabulary.
+
+    ``weights`` None means :data:`DEFAULT_LOSS_WEIGHTS`; a mapping is used as given (missing terms weigh 1,
+    the unsupervised term 0: see ``JointObjective``).
+    """
+    weights = DEFAULT_LOSS_WEIGHTS if weights is None else weights
     criterion = SetCriterion(num_classes=len(label_map.class_names), matcher=HungarianMatcher())
     return JointObjective(criterion, Tokenizer(model.vocab), weights=weights, label_map=label_map, **kwargs)
 

@@ -1,0 +1,128 @@
+"""Working grid: reorientation to (closest) RAS, resampling, intensity normalisation, and the way back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from unimed_core.data.image_io import Volume
+from unimed_core.data.preprocess import normalize_intensity, prepare_image, resample_label_to, restore_to_source
+
+LPS_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _affine(spacing, rotation_deg=(0.0, 0.0, 0.0), flip=None, origin=(10.0, -20.0, 30.0)) -> np.ndarray:
+    aff = np.eye(4)
+    aff[:3, :3] = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix() @ np.diag(spacing)
+    aff[:3, 3] = origin
+    return aff if flip is None else flip @ aff
+
+
+def _ramp(shape, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    return (grid[0] + 2 * grid[1] + 3 * grid[2] + rng.normal(0, 0.5, shape)).astype(np.float32)
+
+
+def _centres_to_world(affine: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return (affine @ np.c_[index, np.ones(len(index))].T).T[:, :3]
+
+
+def _corners(shape) -> np.ndarray:
+    return np.array([[(c >> a) & 1 and shape[a] - 1 for a in range(3)] for c in range(8)], dtype=np.float64)
+
+
+@pytest.mark.parametrize(
+    "affine",
+    [
+        _affine((3.0, 3.0, 4.0), flip=LPS_FLIP),  # LPS array axes
+        _affine((3.0, 2.5, 4.0), rotation_deg=(12.0, -8.0, 20.0), flip=LPS_FLIP),  # oblique LPS
+    ],
+    ids=["lps", "oblique"],
+)
+def test_prepare_image_reorients_to_ras_and_covers_the_source(affine):
+    shape = (20, 18, 12)
+    volume = Volume(_ramp(shape), affine)
+    spacing = (4.0, 4.0, 4.0)
+    prepared = prepare_image(volume, spacing)
+
+    assert prepared.image.shape == (1, *prepared.shape)
+    assert prepared.image.dtype == torch.float32
+    assert float(prepared.image.min()) >= -1.0 and float(prepared.image.max()) <= 1.0
+    assert prepared.source_shape == shape
+    np.testing.assert_allclose(prepared.source_affine, affine)
+    # closest RAS: every working axis points mostly along +x, +y, +z respectively, with the working spacing
+    direction = prepared.affine[:3, :3] / np.linalg.norm(prepared.affine[:3, :3], axis=0)
+    assert np.argmax(np.abs(direction), axis=0).tolist() == [0, 1, 2]
+    assert np.all(np.diag(direction) > 0)
+    np.testing.assert_allclose(np.linalg.norm(prepared.affine[:3, :3], axis=0), spacing, atol=1e-6)
+    # same world region: the working grid's corner voxel centres lie inside the source's extent of voxel
+    # centres, and reach to within one working voxel of its far end on every axis
+    world = _centres_to_world(prepared.affine, _corners(prepared.shape))
+    in_source = _centres_to_world(np.linalg.inv(affine), world)
+    assert np.all(in_source >= -1e-3) and np.all(in_source <= np.array(shape) - 1 + 1e-3)
+    old = np.linalg.norm(affine[:3, :3], axis=0)
+    covered = in_source.max(0) - in_source.min(0)
+    assert np.all(covered >= np.array(shape) - 1 - np.array(spacing) / old - 1e-3)
+    # the source's min-world corner is the working grid's first voxel centre (no shift)
+    source_world = _centres_to_world(affine, _corners(shape))
+    first = prepared.affine[:3, 3]
+    assert np.min(np.linalg.norm(source_world - first, axis=1)) < 1e-3
+
+
+def test_working_size_is_stable_under_affine_noise():
+    # (n - 1) * old / new + 1 = 5 * 1 / 2 + 1 = 3.5: rounding it would flip between 3 and 4 on 1e-7 mm noise
+    shape = (6, 6, 6)
+    image = _ramp(shape)
+    sizes = set()
+    for noise in (-1e-7, 0.0, 1e-7):
+        affine = np.diag([1.0 + noise, 1.0 - noise, 1.0 + noise, 1.0])
+        sizes.add(prepare_image(Volume(image, affine), (2.0, 2.0, 2.0)).shape)
+    assert sizes == {(3, 3, 3)}
+
+
+def test_resample_label_and_restore_round_trip_a_sphere():
+    shape = (40, 36, 30)
+    affine = _affine((2.0, 2.2, 3.0), rotation_deg=(5.0, 0.0, -10.0), flip=LPS_FLIP)
+    volume = Volume(_ramp(shape), affine)
+    prepared = prepare_image(volume, (3.0, 3.0, 3.0))
+    world = _centres_to_world(affine, np.argwhere(np.ones(shape, dtype=bool)).astype(np.float64)).reshape(*shape, 3)
+    centre = _centres_to_world(affine, ((np.array(shape) - 1) / 2)[None])[0]
+    sphere = (np.linalg.norm(world - centre, axis=-1) < 25.0).astype(np.int16) * 3
+
+    working = resample_label_to(sphere, affine, prepared)
+    assert working.shape == prepared.shape and working.dtype == torch.long
+    assert set(torch.unique(working).tolist()) == {0, 3}
+
+    restored = restore_to_source(working[None], prepared, mode="nearest")
+    assert restored.shape == (1, *shape)
+    back = restored[0].round().numpy().astype(np.int16)
+    assert set(np.unique(back).tolist()) <= {0, 3}
+    a, b = back == 3, sphere == 3
+    dice = 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+    assert dice > 0.95
+
+
+def test_restore_bilinear_keeps_probabilities_in_range():
+    volume = Volume(_ramp((16, 16, 12)), _affine((2.0, 2.0, 3.0)))
+    prepared = prepare_image(volume, (4.0, 4.0, 4.0))
+    probs = torch.rand(2, *prepared.shape)
+    out = restore_to_source(probs, prepared, mode="bilinear")
+    assert out.shape == (2, 16, 16, 12)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_constant_image_is_refused():
+    volume = Volume(np.full((8, 8, 8), 7.0, dtype=np.float32), np.eye(4))
+    with pytest.raises(ValueError, match="constant"):
+        prepare_image(volume, (2.0, 2.0, 2.0))
+    with pytest.raises(ValueError, match="constant"):
+        normalize_intensity(torch.zeros(1, 4, 4, 4))
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 2.0), (2.0, 0.0, 2.0), (-1.0, 2.0, 2.0)])
+def test_bad_spacing_is_refused(spacing):
+    with pytest.raises(ValueError, match="spacing must be three positive numbers"):
+        prepare_image(Volume(_ramp((8, 8, 8)), np.eye(4)), spacing)

@@ -1,0 +1,143 @@
+"""Whole-volume inference with a random tiny model: outputs on the input's own geometry, prompts, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unimed_core.data.boxes import voxel_to_world_boxes
+from unimed_core.data.image_io import Volume
+from unimed_core.data.synthetic import SyntheticConfig, generate_case
+from unimed_core.inference.predictor import Prediction, UniMedPredictor
+from unimed_core.label_map import LabelMap
+from unimed_core.model.encoder import ConvEncoder3D
+from unimed_core.model.factory import build_unimed
+from unimed_core.tokenizer import Vocabulary
+
+LM = LabelMap.default()
+SPACING = (10.0, 10.0, 10.0)  # (40, 40, 32) voxels of (8, 8, 10) mm → a 32³ working grid
+
+
+def tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    encoder = ConvEncoder3D(1, channels=(8, 8, 16, 16), strides=(2, 2, 2, 2))
+    return build_unimed(encoder, Vocabulary.from_label_map(LM, num_bins=16), embed_dim=16, num_heads=2,
+                        num_decomposed_layers=1, num_composed_layers=1, num_latent_queries=4,
+                        max_sequence_length=32)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def volume() -> Volume:
+    case = generate_case(1, SyntheticConfig(shape=(40, 40, 32), spacing=(8.0, 8.0, 10.0), lesion_presence=1.0))
+    return Volume(case.image, case.affine)
+
+
+def _predictor(model, **kwargs) -> UniMedPredictor:
+    defaults = dict(spacing=SPACING, roi_size=(32, 32, 32), score_threshold=0.0, nms_iou=0.5)
+    return UniMedPredictor(model, LM, **{**defaults, **kwargs})
+
+
+def _world_bounds(volume: Volume) -> np.ndarray:
+    """World box of the volume's voxels (centres ± half a voxel)."""
+    return voxel_to_world_boxes(np.array([[0.0, 0.0, 0.0, *volume.shape]]), volume.affine)[0]
+
+
+def _check_prediction(prediction: Prediction, volume: Volume) -> None:
+    assert prediction.labels.shape == volume.shape and prediction.labels.dtype == np.int16
+    np.testing.assert_array_equal(prediction.affine, volume.affine)
+    assert set(np.unique(prediction.labels).tolist()) <= set(LM.mask_classes)
+    boxes = prediction.boxes
+    assert boxes.ndim == 2 and boxes.shape[1] == 6
+    assert len(prediction.box_labels) == len(prediction.box_scores) == len(boxes)
+    assert np.all(boxes[:, :3] <= boxes[:, 3:])
+    lo, hi = _world_bounds(volume)[:3], _world_bounds(volume)[3:]
+    assert np.all(boxes[:, :3] >= lo - 1e-3) and np.all(boxes[:, 3:] <= hi + 1e-3)
+    assert set(prediction.box_labels) <= set(LM.box_classes)
+    assert np.all((prediction.box_scores >= 0) & (prediction.box_scores <= 1))
+    assert list(prediction.class_probabilities) == list(LM.image_classes)
+    assert all(0.0 <= p <= 1.0 for p in prediction.class_probabilities.values())
+
+
+def test_predict_outputs_on_the_input_grid(model, volume):
+    prediction = _predictor(model).predict(volume)
+    _check_prediction(prediction, volume)
+    assert len(prediction.boxes) > 0  # score threshold 0: every latent query's box survives NMS or a peer
+    rows = prediction.detections()
+    assert len(rows) == len(prediction.boxes) and all(len(r["box"]) == 6 for r in rows)
+
+
+def test_lps_input_gives_outputs_on_its_own_grid(model, volume):
+    # the same voxels stored with flipped i and j axes: outputs must be the same in world space
+    flip = np.array([[-1, 0, 0, volume.shape[0] - 1], [0, -1, 0, volume.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    lps = Volume(np.ascontiguousarray(volume.array[::-1, ::-1]), volume.affine @ flip)
+    predictor = _predictor(model)
+    ras_pred, lps_pred = predictor.predict(volume), predictor.predict(lps)
+    _check_prediction(lps_pred, lps)
+    np.testing.assert_array_equal(lps_pred.labels, ras_pred.labels[::-1, ::-1])
+    np.testing.assert_allclose(lps_pred.boxes, ras_pred.boxes, atol=1e-3)
+    assert lps_pred.class_probabilities == pytest.approx(ras_pred.class_probabilities, abs=1e-5)
+
+
+def test_sliding_window_smaller_than_the_volume(model, volume):
+    prediction = _predictor(model, roi_size=(16, 32, 16), overlap=0.25).predict(volume)
+    _check_prediction(prediction, volume)
+
+
+def test_classes_restricts_the_labels(model, volume):
+    predictor = _predictor(model, mask_threshold=0.0)  # every voxel takes its best (allowed) class
+    ids = LM.mask_classes_by_name()
+    liver = predictor.predict(volume, classes=["liver"])
+    assert set(np.unique(liver.labels).tolist()) == {ids["liver"]}
+    assert liver.box_labels == []  # liver is not a box class
+    tumor = predictor.predict(volume, classes=["tumor"])
+    assert set(np.unique(tumor.labels).tolist()) == {ids["tumor"]}
+    assert set(tumor.box_labels) <= {"tumor"}
+    with pytest.raises(ValueError, match="unknown class 'pancreas'"):
+        predictor.predict(volume, classes=["pancreas"])
+
+
+def test_composed_detection_path(model, volume):
+    prediction = _predictor(model, detection_path="composed").predict(volume)
+    _check_prediction(prediction, volume)
+
+
+def test_segment_clicks_mask_on_the_input_grid(model, volume):
+    centre = (volume.affine @ np.append((np.array(volume.shape) - 1) / 2, 1.0))[:3]
+    mask = _predictor(model).segment_clicks(volume, centre[None], negative=centre[None] + 30.0)
+    assert mask.shape == volume.shape and mask.dtype == np.uint8
+    assert set(np.unique(mask).tolist()) <= {0, 1}
+
+
+def test_click_outside_the_volume_is_refused(model, volume):
+    predictor = _predictor(model)
+    with pytest.raises(ValueError, match="positive clicks lie outside the volume"):
+        predictor.segment_clicks(volume, np.array([[5000.0, 5000.0, 5000.0]]))
+    with pytest.raises(ValueError, match="at least one positive click"):
+        predictor.segment_clicks(volume, np.zeros((0, 3)))
+
+
+def test_max_working_voxels_refusal_names_the_number(model, volume):
+    predictor = _predictor(model, max_working_voxels=1000)
+    with pytest.raises(ValueError, match=r"exceed the limit of 1e\+03") as info:
+        predictor.predict(volume)
+    assert "voxels at (10.0, 10.0, 10.0) mm" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"roi_size": (30, 32, 32)}, "roi_size must be three positive multiples of 16"),
+        ({"roi_size": (0, 32, 32)}, "roi_size must be three positive multiples of 16"),
+        ({"overlap": 1.0}, r"overlap must be in \[0, 1\)"),
+        ({"detection_path": "both"}, "detection_path must be 'decomposed' or 'composed'"),
+    ],
+)
+def test_bad_arguments(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        UniMedPredictor(model, LM, **kwargs)

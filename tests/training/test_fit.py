@@ -1,0 +1,90 @@
+"""A few training steps through MONAI's SupervisedTrainer on a tiny generated datalist, under step and time budgets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.engines import SupervisedTrainer
+
+from unimed_core.data.datalist import load_datalist
+from unimed_core.data.synthetic import generate_dataset
+from unimed_core.label_map import LabelMap
+from unimed_core.model.encoder import ConvEncoder3D
+from unimed_core.model.factory import build_unimed
+from unimed_core.tokenizer import Vocabulary
+from unimed_core.training.fit import TimeBudget, build_objective, build_train_loader, build_trainer, fit
+
+LM = LabelMap.default()
+FAST = dict(patch_size=(32, 32, 32), spacing=(10.0, 10.0, 10.0), batch_size=2, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    """Four training items: one per annotation level (mask, boxes, class, none)."""
+    root = tmp_path_factory.mktemp("fit")
+    levels = {"mask": 0.25, "boxes": 0.25, "class": 0.25, "none": 0.25}
+    path = generate_dataset(
+        root, 4, seed=0, shape=(40, 40, 32), spacing=(8.0, 8.0, 10.0), levels=levels, n_validation=0, n_test=0
+    )
+    splits = load_datalist(path, LM)
+    assert len(splits["training"]) == 3 and len(splits["unlabeled"]) == 1
+    return splits["training"] + splits["unlabeled"]
+
+
+def tiny_model(seed: int = 0):
+    """A UniMed of a few channels: the engine's wiring is under test here, not the architecture."""
+    torch.manual_seed(seed)
+    encoder = ConvEncoder3D(1, channels=(8, 8, 16, 16), strides=(2, 2, 2, 2))
+    return build_unimed(encoder, Vocabulary.from_label_map(LM, num_bins=16), embed_dim=16, num_heads=2,
+                        num_decomposed_layers=1, num_composed_layers=1, num_latent_queries=4,
+                        max_sequence_length=64)  # fmt: skip
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_fit_runs_max_steps_and_changes_the_weights(items):
+    model = tiny_model()
+    before = _snapshot(model)
+    history = fit(model, items, LM, max_steps=3, **FAST)
+    assert [row["step"] for row in history] == [1, 2, 3]
+    for row in history:
+        assert math.isfinite(row["loss"]) and row["loss"] > 0
+        assert "image" not in row
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and any("encoder" in k for k in changed)
+
+
+def test_time_budget_stops_early(items):
+    model = tiny_model()
+    history = fit(model, items, LM, max_steps=50, time_budget_s=1e-3, **FAST)
+    assert [row["step"] for row in history] == [1]
+
+
+def test_build_trainer_is_monai_supervised_trainer(items):
+    model = tiny_model()
+    loader = build_train_loader(items, model, LM, (32, 32, 32), (10.0, 10.0, 10.0), batch_size=2)
+    assert len(loader) == 2  # 4 items, batches of 2, last incomplete batch dropped
+    batch = next(iter(loader))
+    assert batch["image"].shape == (2, 1, 32, 32, 32) and len(batch["targets"]) == 2
+    before = _snapshot(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer = build_trainer(model, build_objective(model, LM), loader, optimizer, max_epochs=1)
+    assert isinstance(trainer, SupervisedTrainer)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: engine.terminate())
+    trainer.run()
+    assert trainer.state.iteration == 1
+    output = trainer.state.output  # what JointIteration returns
+    assert output["image"].shape == (2, 1, 32, 32, 32)
+    assert torch.isfinite(output["loss"]) and len(output) > 2
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # lr 0: nothing moved
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0])
+def test_time_budget_bad_argument(seconds):
+    with pytest.raises(ValueError, match="seconds must be > 0"):
+        TimeBudget(seconds)
