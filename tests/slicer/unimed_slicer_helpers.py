@@ -1,0 +1,52 @@
+"""Helpers shared by the Slicer extension tests (plain functions; the fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "slicer_extension" / "UniMed"
+
+__all__ = ["MODULE_DIR", "oblique_affine", "load_volume_node", "ijk_to_ras", "segment_image_to_world"]
+
+
+def load_volume_node(path: Path, name: str = "ct"):
+    """Load a volume file into a scalar volume node with the Volumes module logic (as File > Add Data does)."""
+    import slicer
+
+    node = slicer.modules.volumes.logic().AddArchetypeVolume(str(path), name)
+    if node is None:
+        raise OSError(f"cannot load {path}")
+    return node
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    import slicer
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def segment_image_to_world(segmentation_node, segment_id: str) -> np.ndarray:
+    """The voxel → RAS matrix of a segment's internal binary labelmap."""
+    import slicer
+    import vtk
+
+    image = slicer.vtkOrientedImageData()
+    segmentation_node.GetBinaryLabelmapRepresentation(segment_id, image)
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def oblique_affine(shape, spacing) -> np.ndarray:
+    """Voxel → RAS with a rotation about all three axes, centred on the world origin."""
+    from scipy.spatial.transform import Rotation
+
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", [15, -10, 25], degrees=True).as_matrix() @ np.diag(spacing)
+    affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape) - 1) / 2)
+    return affine
