@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,bench,semisynthetic]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,bench,semisynthetic,slicer]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -79,7 +79,9 @@ def test_oblique_box_contains_rotated_corners():
     # Enclosing boxes can only grow through a rotation, never lose the original box.
     assert np.all(back[:, :3] <= boxes_world[:, :3] + 1e-9) and np.all(back[:, 3:] >= boxes_world[:, 3:] - 1e-9)
     centre = (boxes_world[:, :3] + boxes_world[:, 3:]) / 2
-    np.testing.assert_allclose(voxel_to_world_points((voxel[:, :3] + voxel[:, 3:]) / 2 - 0.5, affine), centre, atol=1e-9)
+    np.testing.assert_allclose(
+        voxel_to_world_points((voxel[:, :3] + voxel[:, 3:]) / 2 - 0.5, affine), centre, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("affine", [*AXIS_ALIGNED, oblique()])
