@@ -11,9 +11,7 @@ from unimed_core.data.image_io import Volume
 from unimed_core.data.synthetic import SyntheticConfig, generate_case
 from unimed_core.inference.predictor import Prediction, UniMedPredictor
 from unimed_core.label_map import LabelMap
-from unimed_core.model.encoder import ConvEncoder3D
-from unimed_core.model.factory import build_unimed
-from unimed_core.tokenizer import Vocabulary
+from unimed_core.model.factory import unimed_tiny
 
 LM = LabelMap.default()
 SPACING = (10.0, 10.0, 10.0)  # (40, 40, 32) voxels of (8, 8, 10) mm → a 32³ working grid
@@ -21,10 +19,7 @@ SPACING = (10.0, 10.0, 10.0)  # (40, 40, 32) voxels of (8, 8, 10) mm → a 32³ 
 
 def tiny_model(seed: int = 0):
     torch.manual_seed(seed)
-    encoder = ConvEncoder3D(1, channels=(8, 8, 16, 16), strides=(2, 2, 2, 2))
-    return build_unimed(encoder, Vocabulary.from_label_map(LM, num_bins=16), embed_dim=16, num_heads=2,
-                        num_decomposed_layers=1, num_composed_layers=1, num_latent_queries=4,
-                        max_sequence_length=32)  # fmt: skip
+    return unimed_tiny(LM, max_sequence_length=32)
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,7 @@ from monai.engines import SupervisedTrainer
 from unimed_core.data.datalist import load_datalist
 from unimed_core.data.synthetic import generate_dataset
 from unimed_core.label_map import LabelMap
-from unimed_core.model.encoder import ConvEncoder3D
-from unimed_core.model.factory import build_unimed
-from unimed_core.tokenizer import Vocabulary
+from unimed_core.model.factory import unimed_tiny
 from unimed_core.training.fit import TimeBudget, build_objective, build_train_loader, build_trainer, fit
 
 LM = LabelMap.default()
@@ -35,12 +33,8 @@ def items(tmp_path_factory):
 
 
 def tiny_model(seed: int = 0):
-    """A UniMed of a few channels: the engine's wiring is under test here, not the architecture."""
     torch.manual_seed(seed)
-    encoder = ConvEncoder3D(1, channels=(8, 8, 16, 16), strides=(2, 2, 2, 2))
-    return build_unimed(encoder, Vocabulary.from_label_map(LM, num_bins=16), embed_dim=16, num_heads=2,
-                        num_decomposed_layers=1, num_composed_layers=1, num_latent_queries=4,
-                        max_sequence_length=64)  # fmt: skip
+    return unimed_tiny(LM, max_sequence_length=64)
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 
 from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.image_io import read_image, write_label
@@ -54,6 +55,9 @@ def build_predictor(weights: str | Path = DEFAULT_WEIGHTS, device: str = "auto",
     label_map = LabelMap.from_metadata(BUNDLE_DIR / "configs" / "metadata.json")
     factory = {"small": unimed_small, "base": unimed_base}[variant]
     model = load_weights(factory(label_map), weights)
+    # the working grid the weights were trained on: one place, the bundle's inference config
+    config = ConfigParser.load_config_file(BUNDLE_DIR / "configs" / "inference.json")
+    kwargs = {"spacing": config["spacing"], "roi_size": config["roi_size"], **kwargs}
     return UniMedPredictor(model, label_map, device=device, amp=device.startswith("cuda"), **kwargs)
 
 

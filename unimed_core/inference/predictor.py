@@ -285,7 +285,7 @@ class UniMedPredictor:
         region = tuple(slice(a, b) for a, b in zip(start, stop))
         local = tuple(slice(0, b - a) for a, b in zip(start, stop))
         patch[(0, 0, *local)] = prepared.image[(0, *region)]
-        prompts = PromptBatch(torch.tensor(tokens, dtype=torch.long)[None, None])
+        prompts = PromptBatch(torch.tensor(tokens, dtype=torch.long, device=self.device)[None, None])
         with self._autocast():
             out = self.model(patch.to(self.device), prompts=prompts).decomposed
         logits = out.mask_logits[0, out.layout.prompt][0].float()[None, None]

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unimed_core.model.checks import require_heads_divide, require_positive_ints
+
 __all__ = ["ComposedDecoder"]
 
 
@@ -126,17 +128,10 @@ class ComposedDecoder(nn.Module):
     ) -> None:
         super().__init__()
         ffn_dim = 4 * embed_dim if ffn_dim is None else ffn_dim
-        for name, v in (
-            ("embed_dim", embed_dim),
-            ("num_layers", num_layers),
-            ("num_heads", num_heads),
-            ("max_length", max_length),
-            ("ffn_dim", ffn_dim),
-        ):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        require_positive_ints(
+            embed_dim=embed_dim, num_layers=num_layers, num_heads=num_heads, max_length=max_length, ffn_dim=ffn_dim
+        )
+        require_heads_divide(embed_dim, num_heads)
         self.vocab = vocab
         self.embed_dim = embed_dim
         self.max_length = max_length

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unimed_core.model.checks import require_heads_divide, require_positive_ints
 from unimed_core.model.outputs import DecomposedOutput, QueryLayout
 from unimed_core.model.position import FourierEncoding
 
@@ -111,18 +112,15 @@ class DecomposedDecoder(nn.Module):
     ) -> None:
         super().__init__()
         ffn_dim = 4 * embed_dim if ffn_dim is None else ffn_dim
-        for name, v in (
-            ("embed_dim", embed_dim),
-            ("num_layers", num_layers),
-            ("num_heads", num_heads),
-            ("num_latent_queries", num_latent_queries),
-            ("num_levels", num_levels),
-            ("ffn_dim", ffn_dim),
-        ):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        require_positive_ints(
+            embed_dim=embed_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_latent_queries=num_latent_queries,
+            num_levels=num_levels,
+            ffn_dim=ffn_dim,
+        )
+        require_heads_divide(embed_dim, num_heads)
         if not 0.0 < mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold!r}")
         self.vocab = vocab

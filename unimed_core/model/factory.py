@@ -17,7 +17,7 @@ from unimed_core.model.prompt_encoder import PromptEncoder
 from unimed_core.model.unimed import ReconstructionHead, UniMed
 from unimed_core.tokenizer import Vocabulary
 
-__all__ = ["build_unimed", "unimed_base", "unimed_small"]
+__all__ = ["build_unimed", "unimed_base", "unimed_small", "unimed_tiny"]
 
 
 def build_unimed(
@@ -96,6 +96,28 @@ def unimed_small(label_map: LabelMap | None = None, num_bins: int = 128, num_lat
         num_decomposed_layers=3,
         num_composed_layers=2,
         num_latent_queries=num_latent_queries,
+    )
+
+
+def unimed_tiny(
+    label_map: LabelMap | None = None, num_bins: int = 16, num_latent_queries: int = 4, max_sequence_length: int = 64
+) -> UniMed:
+    """A few channels wide, for tests and smoke runs of the machinery (it learns little): (8, 8, 16, 16), d = 16.
+
+    Example:
+        >>> unimed_tiny().embed_dim
+        16
+    """
+    label_map = LabelMap.default() if label_map is None else label_map
+    return build_unimed(
+        ConvEncoder3D(in_channels=1, channels=(8, 8, 16, 16), strides=(2, 2, 2, 2)),
+        Vocabulary.from_label_map(label_map, num_bins),
+        embed_dim=16,
+        num_heads=2,
+        num_decomposed_layers=1,
+        num_composed_layers=1,
+        num_latent_queries=num_latent_queries,
+        max_sequence_length=max_sequence_length,
     )
 
 

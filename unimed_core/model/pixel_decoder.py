@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import ADN, Convolution
 from torch import nn
 
+from unimed_core.model.checks import require_positive_ints
+
 __all__ = ["PixelDecoder3D"]
 
 
@@ -58,8 +60,7 @@ class PixelDecoder3D(nn.Module):
             raise ValueError(f"in_channels and strides must have the same length, got {in_channels} and {strides}")
         if any(b <= a for a, b in zip(strides, strides[1:])):
             raise ValueError(f"strides must be strictly increasing (finest level first), got {strides}")
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-            raise ValueError(f"embed_dim must be a positive integer, got {embed_dim!r}")
+        require_positive_ints(embed_dim=embed_dim)
         if output_stride not in strides:
             raise ValueError(f"output_stride {output_stride!r} must be one of the encoder strides {strides}")
         first = strides.index(output_stride)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unimed_core.model.checks import require_heads_divide, require_positive_ints
 from unimed_core.model.position import FourierEncoding
 
 __all__ = ["PromptEncoder"]
@@ -53,11 +54,8 @@ class PromptEncoder(nn.Module):
         max_frequency: float = 64.0,
     ) -> None:
         super().__init__()
-        for name, v in (("embed_dim", embed_dim), ("num_heads", num_heads), ("max_prompt_length", max_prompt_length)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        require_positive_ints(embed_dim=embed_dim, num_heads=num_heads, max_prompt_length=max_prompt_length)
+        require_heads_divide(embed_dim, num_heads)
         self.vocab = vocab
         self.embed_dim = embed_dim
         self.max_prompt_length = max_prompt_length

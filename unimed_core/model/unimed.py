@@ -13,6 +13,7 @@ import torch
 from monai.networks.utils import pixelshuffle
 from torch import nn
 
+from unimed_core.model.checks import require_positive_ints
 from unimed_core.model.composed_decoder import ComposedDecoder
 from unimed_core.model.decomposed_decoder import DecomposedDecoder
 from unimed_core.model.inputs import PromptBatch
@@ -43,9 +44,7 @@ class ReconstructionHead(nn.Module):
 
     def __init__(self, embed_dim: int, stride: int, out_channels: int = 1) -> None:
         super().__init__()
-        for name, v in (("embed_dim", embed_dim), ("stride", stride), ("out_channels", out_channels)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        require_positive_ints(embed_dim=embed_dim, stride=stride, out_channels=out_channels)
         self.stride = stride
         self.proj = nn.Conv3d(embed_dim, out_channels * stride**3, kernel_size=1)
 
@@ -89,8 +88,7 @@ class UniMed(nn.Module):
         reconstruction_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-            raise ValueError(f"embed_dim must be a positive integer, got {embed_dim!r}")
+        require_positive_ints(embed_dim=embed_dim)
         for name in ("in_channels", "out_channels", "strides"):
             if not hasattr(encoder, name):
                 raise ValueError(f"encoder must expose {name!r} (like ConvEncoder3D)")

@@ -26,8 +26,8 @@ def prepare_joint_batch(batch: dict, device: torch.device | str, non_blocking: b
 class JointIteration:
     """``iteration_update`` for ``monai.engines.SupervisedTrainer``.
 
-    Mixed precision: on CUDA with ``engine.amp`` the forward runs under autocast (float16) and the engine's
-    ``GradScaler`` scales the loss; on the CPU it runs in float32.
+    Mixed precision: on CUDA with ``engine.amp`` the forward runs under autocast, bfloat16 where supported (no
+    loss scaling) else float16 with the engine's ``GradScaler``; on the CPU it runs in float32.
 
     Args:
         seed: seed of the generator that draws prompts, sequences and volume masks (per rank: ``seed + rank``).
@@ -53,9 +53,13 @@ class JointIteration:
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
         cuda_amp = engine.amp and images.device.type == "cuda"
-        with torch.autocast("cuda", enabled=cuda_amp, **(getattr(engine, "amp_kwargs", None) or {})):
+        amp_kwargs = dict(getattr(engine, "amp_kwargs", None) or {})
+        # bfloat16 where the GPU has it: float16 overflows in attention and set-matching costs (seen on an H200),
+        # and bfloat16 needs no loss scaling.
+        amp_kwargs.setdefault("dtype", torch.bfloat16 if cuda_amp and torch.cuda.is_bf16_supported() else torch.float16)
+        with torch.autocast("cuda", enabled=cuda_amp, **amp_kwargs):
             total, terms = engine.loss_function(engine.network, images, targets, self._gen())
-        scaler = getattr(engine, "scaler", None) if cuda_amp else None
+        scaler = getattr(engine, "scaler", None) if cuda_amp and amp_kwargs["dtype"] == torch.float16 else None
         if scaler is not None:
             scaler.scale(total).backward()
             scaler.unscale_(engine.optimizer)

@@ -1,0 +1,117 @@
+"""Does UniMed learn? Train the small variant on the CPU within a time budget, evaluate on held-out studies.
+
+    .venv/bin/python benchmarks/learning.py --minutes 25 --save-weights bundle/models/model.pt
+
+Generates (or reuses) synthetic CT-like and MR-like studies with mixed annotation levels, trains
+``unimed_small`` with the one-stage joint objective, and reports on the held-out test split: organ Dice,
+lesion detection mAP / recall at IoU 0.1 / 0.25 / 0.5, image-label AUC and accuracy, click-prompted Dice.
+Writes ``benchmarks/results/learning.json`` and ``learning.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from unimed_core.data.atomic import atomic_write_json, atomic_write_text
+from unimed_core.data.datalist import load_datalist
+from unimed_core.data.synthetic import generate_dataset
+from unimed_core.evaluation import evaluate
+from unimed_core.inference.predictor import UniMedPredictor
+from unimed_core.label_map import LabelMap
+from unimed_core.model.factory import unimed_small
+from unimed_core.model.weights import save_weights
+from unimed_core.training.fit import fit
+
+TARGETS = {"dice/organs_mean": 0.85, "mAP@0.10": 0.6, "AUC": 0.9, "click_dice/mean": 0.8}
+# The working grid on the CPU: the generated field of view (384 x 384 x 360 mm) fits one 64^3 patch at 6 mm, so
+# every training sample is the whole study and image-level labels stay valid. (The shipped model, trained on a
+# GPU by benchmarks/gpu_check.py, uses 5 mm and 80^3: see bundle/configs.)
+SPACING = (6.0, 6.0, 6.0)
+PATCH = (64, 64, 64)
+
+
+def json_safe(value):
+    """NaN / inf (an undefined metric) become null, so the results file is strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def make_data(root: Path, cases: int, seed: int) -> Path:
+    datalist = root / "datalist.json"
+    if datalist.exists():
+        return datalist
+    return generate_dataset(
+        root, cases, seed=seed, domains="mixed", shape=None, spacing=(4.0, 4.0, 4.5), spacing_max=(5.0, 5.0, 6.0),
+        orientations=("RAS", "LPS"), n_validation=8, n_test=16,
+    )  # fmt: skip
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("data/learning"))
+    parser.add_argument("--cases", type=int, default=144)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes", type=float, default=25.0)
+    parser.add_argument("--max-steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--save-weights", type=Path)
+    parser.add_argument("--spacing", type=float, nargs=3, default=SPACING, help="working spacing (mm)")
+    parser.add_argument("--patch", type=int, nargs=3, default=PATCH, help="training patch (multiples of 16)")
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    spacing, patch = tuple(args.spacing), tuple(args.patch)
+    label_map = LabelMap.default()
+    items = load_datalist(make_data(args.data, args.cases, args.seed), label_map)
+    model = unimed_small(label_map)
+    start = time.monotonic()
+    history = fit(
+        model, items["training"] + items["unlabeled"], label_map, patch_size=patch, spacing=spacing,
+        batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps, time_budget_s=args.minutes * 60,
+        device=args.device, amp=args.device.startswith("cuda"), seed=args.seed, log_every=25,
+    )  # fmt: skip
+    train_seconds = time.monotonic() - start
+    print(f"trained {history[-1]['step'] if history else 0} steps in {train_seconds:.0f} s: {history[-1:]}", flush=True)
+    if args.save_weights:
+        save_weights(model, args.save_weights)
+    predictor = UniMedPredictor(model, label_map, spacing=spacing, roi_size=patch, device=args.device)
+    start = time.monotonic()
+    summary, rows = evaluate(predictor, items["test"], label_map)
+    eval_seconds = time.monotonic() - start
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "device": args.device,
+                    "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+        "data": {"cases": {k: len(v) for k, v in items.items()}, "spacing": spacing, "patch": patch},
+        "train_seconds": round(train_seconds, 1), "steps": history[-1]["step"] if history else 0,
+        "eval_seconds": round(eval_seconds, 1),
+        "targets": TARGETS, "reached": {k: bool(summary.get(k, 0) >= v) for k, v in TARGETS.items()},
+        "summary": summary, "per_case": rows, "history": history,
+    }  # fmt: skip
+    args.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.results / "learning.json", json_safe(result))
+    lines = ["# UniMed small: does it learn?", "", f"`{result['command']}` on {args.device}, "
+             f"{result['steps']} steps in {train_seconds / 60:.1f} min", "", "| metric | value | target |", "|---|---|---|"]  # fmt: skip
+    for key in sorted(k for k in summary if k != "cases"):
+        target = TARGETS.get(key)
+        lines.append(f"| {key} | {summary[key]:.3f} | {'' if target is None else f'>= {target}'} |")
+    atomic_write_text(args.results / "learning.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
