@@ -1,0 +1,1 @@
+"""UniMed MONAI Label app: infers."""

@@ -1,0 +1,190 @@
+"""The app's inference tasks: four MONAI Label models over the one shared UniMed model.
+
+- ``unimed`` (segmentation): the label volume on the input grid; the result JSON also carries
+  ``detections`` (world RAS mm boxes) and ``probabilities`` (image classes), so one call gives all three
+  tasks (what the UniMed Slicer extension's server mode reads). With ``foreground`` clicks it segments the
+  structure under them instead (binary mask), as the UniMed extension asks.
+- ``unimed_detection`` (detection): a Slicer markups JSON file of ROIs — the file MONAI Label's Slicer
+  plugin loads with ``slicer.util.loadMarkups`` for a detection model; the boxes also in the result JSON.
+- ``unimed_classification`` (classification): no file; the result JSON has the class ``probabilities``.
+- ``unimed_interactive`` (deepgrow): MONAI Label's click protocol — ``foreground`` / ``background`` points
+  in image voxel indices (``[i, j, k]``, what the Slicer plugin sends); ``"coordinates": "RAS mm"`` in the
+  request says they are world millimetres instead. Returns a binary mask on the input grid.
+
+Request parameters: ``classes`` (label-map names to keep) for ``unimed`` / ``unimed_detection``. The device
+is the server's (``--conf device``); a request's ``device`` is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from unimed_core.data.boxes import voxel_to_world_points
+from unimed_core.data.image_io import Volume, read_image, write_label
+from unimed_core.inference.predictor import COORDINATES
+from unimed_core.inference.writers import markups_roi_document
+
+from ..service import ModelService
+
+__all__ = [
+    "UniMedSegmentation",
+    "UniMedDetection",
+    "UniMedClassification",
+    "UniMedInteractive",
+    "click_points",
+]
+
+logger = logging.getLogger(__name__)
+WORLD = "RAS mm"
+
+
+def click_points(request: dict, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """(positive, negative) clicks of a request in world RAS mm.
+
+    MONAI Label clients send voxel indices of the image; ``"coordinates": "RAS mm"`` marks world points.
+
+    Raises:
+        ValueError: a point that is not three finite numbers.
+    """
+    world = str(request.get("coordinates", "")).strip().lower() == WORLD.lower()
+    out = []
+    for key in ("foreground", "background"):
+        raw = request.get(key) or []
+        try:
+            points = np.asarray(raw, dtype=np.float64).reshape(-1, 3)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{key} must be a list of [x, y, z] points, got {raw!r}") from e
+        if not np.all(np.isfinite(points)):
+            raise ValueError(f"{key} has non-finite coordinates: {raw!r}")
+        out.append(points if world or len(points) == 0 else voxel_to_world_points(points, volume.affine))
+    return out[0], out[1]
+
+
+_RESULTS_DIR: str | None = None
+
+
+def _temp_path(suffix: str) -> str:
+    """A new result file in this process's own folder. MONAI Label deletes it once sent; a client on the same
+    machine saves the answer under the same base name in its temporary folder (``/tmp`` by default), so the
+    server's file must not be there, or the server would delete the client's copy."""
+    global _RESULTS_DIR
+    if _RESULTS_DIR is None or not Path(_RESULTS_DIR).is_dir():
+        _RESULTS_DIR = tempfile.mkdtemp(prefix="unimed_results_")
+    handle = tempfile.NamedTemporaryFile(dir=_RESULTS_DIR, prefix="unimed_", suffix=suffix, delete=False)
+    handle.close()
+    return handle.name
+
+
+class _UniMedInfer(InferTask):
+    """Shared parts: the model service, reading the request's image, timing."""
+
+    def __init__(self, service: ModelService, type: InferType, labels, description: str) -> None:
+        super().__init__(type=type, labels=labels, dimension=3, description=description)
+        self.service = service
+
+    def is_valid(self) -> bool:
+        # listed even before weights exist: a request then fails with the path it looked for
+        return True
+
+    def __call__(self, request: dict) -> tuple[str | None, dict[str, Any]]:
+        start = time.monotonic()
+        volume = read_image(request["image"])
+        predictor = self.service.predictor()
+        loaded = time.monotonic()
+        result_file, result = self.run(predictor, volume, request)
+        result.update(
+            {
+                "weights_sha256": self.service.loaded_hash(),
+                "latencies": {
+                    "pre": round(loaded - start, 3),
+                    "infer": round(time.monotonic() - loaded, 3),
+                    "total": round(time.monotonic() - start, 3),
+                },
+            }
+        )
+        return result_file, result
+
+    def run(self, predictor, volume: Volume, request: dict) -> tuple[str | None, dict[str, Any]]:
+        raise NotImplementedError
+
+
+class UniMedSegmentation(_UniMedInfer):
+    """``unimed``: automatic segmentation (+ boxes and class probabilities in the JSON), or clicks."""
+
+    def __init__(self, service: ModelService, label_map) -> None:
+        labels = {name: i for i, name in sorted(label_map.mask_classes.items())}
+        super().__init__(service, InferType.SEGMENTATION, labels, "UniMed: segmentation, detection, classification")
+        self.label_map = label_map
+
+    def run(self, predictor, volume, request):
+        positive, negative = click_points(request, volume)
+        path = _temp_path(".nii.gz")
+        if len(positive):
+            mask = predictor.segment_clicks(volume, positive, negative)
+            write_label(mask, volume, path)
+            return path, {"mode": "clicks", "label_names": {"background": 0, request.get("label", "structure"): 1}}
+        prediction = predictor.predict(volume, classes=request.get("classes") or None)
+        write_label(prediction.labels, volume, path, self.label_map)
+        return path, {
+            "mode": "automatic",
+            "label_names": self.labels,
+            "coordinates": COORDINATES,
+            "detections": prediction.detections(),
+            "probabilities": prediction.class_probabilities,
+        }
+
+
+class UniMedDetection(_UniMedInfer):
+    """``unimed_detection``: Slicer markups ROIs (RAS mm) as the result file."""
+
+    def __init__(self, service: ModelService, label_map) -> None:
+        super().__init__(service, InferType.DETECTION, list(label_map.box_classes), "UniMed: lesion detection (ROIs)")
+        self.label_map = label_map
+
+    def run(self, predictor, volume, request):
+        prediction = predictor.predict(volume, classes=request.get("classes") or None)
+        path = _temp_path(".json")
+        Path(path).write_text(json.dumps(markups_roi_document(prediction, self.label_map)), encoding="utf-8")
+        return path, {"coordinates": COORDINATES, "detections": prediction.detections()}
+
+
+class UniMedClassification(_UniMedInfer):
+    """``unimed_classification``: image class probabilities (no result file)."""
+
+    def __init__(self, service: ModelService, label_map, threshold: float = 0.5) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        super().__init__(
+            service, InferType.CLASSIFICATION, list(label_map.image_classes), "UniMed: image-level findings"
+        )
+        self.threshold = threshold
+
+    def run(self, predictor, volume, request):
+        probabilities = predictor.predict(volume).class_probabilities
+        present = [name for name, p in probabilities.items() if p >= self.threshold]
+        return None, {"probabilities": probabilities, "prediction": present, "threshold": self.threshold}
+
+
+class UniMedInteractive(_UniMedInfer):
+    """``unimed_interactive``: the structure under positive clicks, excluding negative ones."""
+
+    def __init__(self, service: ModelService, label_map) -> None:
+        labels = [name for i, name in sorted(label_map.mask_classes.items()) if i > 0]
+        super().__init__(service, InferType.DEEPGROW, labels, "UniMed: interactive segmentation from clicks")
+
+    def run(self, predictor, volume, request):
+        positive, negative = click_points(request, volume)
+        if not len(positive):
+            raise ValueError("interactive segmentation needs at least one foreground point")
+        mask = predictor.segment_clicks(volume, positive, negative)
+        path = _temp_path(".nii.gz")
+        write_label(mask, volume, path)
+        return path, {"label_names": {"background": 0, request.get("label", "structure"): 1}, "voxels": int(mask.sum())}
