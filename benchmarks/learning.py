@@ -26,7 +26,7 @@ from unimed_core.evaluation import evaluate
 from unimed_core.inference.predictor import UniMedPredictor
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_small
-from unimed_core.model.weights import save_weights
+from unimed_core.model.weights import load_weights, save_weights
 from unimed_core.training.fit import fit
 
 TARGETS = {"dice/organs_mean": 0.85, "mAP@0.10": 0.6, "AUC": 0.9, "click_dice/mean": 0.8}
@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--save-weights", type=Path)
+    parser.add_argument("--init-weights", type=Path, help="continue from these weights (sha256 beside them)")
+    parser.add_argument("--name", default="learning", help="results file stem in --results")
     parser.add_argument("--spacing", type=float, nargs=3, default=SPACING, help="working spacing (mm)")
     parser.add_argument("--patch", type=int, nargs=3, default=PATCH, help="training patch (multiples of 16)")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
@@ -77,6 +79,8 @@ def main(argv=None) -> int:
     label_map = LabelMap.default()
     items = load_datalist(make_data(args.data, args.cases, args.seed), label_map)
     model = unimed_small(label_map)
+    if args.init_weights:
+        load_weights(model, args.init_weights)
     start = time.monotonic()
     history = fit(
         model, items["training"] + items["unlabeled"], label_map, patch_size=patch, spacing=spacing,
@@ -102,13 +106,13 @@ def main(argv=None) -> int:
         "summary": summary, "per_case": rows, "history": history,
     }  # fmt: skip
     args.results.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.results / "learning.json", json_safe(result))
+    atomic_write_json(args.results / f"{args.name}.json", json_safe(result))
     lines = ["# UniMed small: does it learn?", "", f"`{result['command']}` on {args.device}, "
              f"{result['steps']} steps in {train_seconds / 60:.1f} min", "", "| metric | value | target |", "|---|---|---|"]  # fmt: skip
     for key in sorted(k for k in summary if k != "cases"):
         target = TARGETS.get(key)
         lines.append(f"| {key} | {summary[key]:.3f} | {'' if target is None else f'>= {target}'} |")
-    atomic_write_text(args.results / "learning.md", "\n".join(lines) + "\n")
+    atomic_write_text(args.results / f"{args.name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
