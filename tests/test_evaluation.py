@@ -28,10 +28,13 @@ class PerfectPredictor(UniMedPredictor):
         self.label_map = label_map
         self.clicks: list[np.ndarray] = []
 
+    def prepare(self, volume: Volume) -> None:  # the truth needs no working grid
+        return None
+
     def _truth(self, volume: Volume) -> np.ndarray:
         return read_label(self.items[str(volume.path)]["label"], reference=volume).array.astype(np.int16)
 
-    def predict(self, volume: Volume, classes=None) -> Prediction:
+    def predict(self, volume: Volume, classes=None, prepared=None) -> Prediction:
         item = self.items[str(volume.path)]
         boxes = np.asarray(item["boxes"], dtype=np.float64).reshape(-1, 6)
         return Prediction(
@@ -43,7 +46,9 @@ class PerfectPredictor(UniMedPredictor):
             class_probabilities={c: float(c in item["class"]) for c in self.label_map.image_classes},
         )
 
-    def segment_clicks(self, volume: Volume, positive: np.ndarray, negative: np.ndarray | None = None) -> np.ndarray:
+    def segment_clicks(
+        self, volume: Volume, positive: np.ndarray, negative: np.ndarray | None = None, prepared=None
+    ) -> np.ndarray:
         labels = self._truth(volume)
         voxel = tuple(np.round(world_to_voxel_points(positive, volume.affine)[0]).astype(int))
         self.clicks.append(np.asarray(voxel))
@@ -86,7 +91,7 @@ def test_perfect_predictor_scores_perfectly(items):
 
 def test_a_wrong_answer_lowers_the_scores(items):
     class Shifted(PerfectPredictor):
-        def predict(self, volume, classes=None):
+        def predict(self, volume, classes=None, prepared=None):
             prediction = super().predict(volume, classes)
             prediction.labels = np.roll(prediction.labels, 3, axis=0)
             prediction.boxes = prediction.boxes + 200.0

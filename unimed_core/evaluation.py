@@ -67,7 +67,8 @@ def evaluate(
     for n, item in enumerate(items):
         volume = read_image(item["image"])
         truth = read_label(item["label"], reference=volume).array.astype(np.int64)
-        prediction = predictor.predict(volume)
+        prepared = predictor.prepare(volume)  # once per case: the clicks below reuse it
+        prediction = predictor.predict(volume, prepared=prepared)
         row: dict = {"image": str(item["image"]), "domain": item.get("domain", "")}
         dice = dice_per_class(prediction.labels.astype(np.int64), truth, num_classes)
         hd95 = hd95_per_class(prediction.labels.astype(np.int64), truth, num_classes, spacing=tuple(volume.spacing))
@@ -87,7 +88,7 @@ def evaluate(
             if not structure.any():
                 continue
             click = voxel_to_world_points(interior_point(structure)[None], volume.affine)
-            mask = predictor.segment_clicks(volume, click)
+            mask = predictor.segment_clicks(volume, click, prepared=prepared)
             row[f"click_dice/{name}"] = _dice(mask > 0, structure)
         rows.append(row)
         if progress:

@@ -137,10 +137,15 @@ class UniMedPredictor:
 
     # -- automatic mode --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, volume: Volume, classes: Sequence[str] | None = None) -> Prediction:
-        """Segment, detect and classify everything (or only ``classes``) in ``volume``."""
+    def predict(
+        self, volume: Volume, classes: Sequence[str] | None = None, prepared: PreparedVolume | None = None
+    ) -> Prediction:
+        """Segment, detect and classify everything (or only ``classes``) in ``volume``.
+
+        ``prepared``: ``self.prepare(volume)`` when the caller already has it (several calls on one volume).
+        """
         wanted = None if classes is None else {self.label_map.class_index(c) for c in classes}
-        prepared = self.prepare(volume)
+        prepared = self.prepare(volume) if prepared is None else prepared
         windows: list[dict] = []
 
         def run_window(patch: torch.Tensor, slices) -> torch.Tensor:
@@ -252,13 +257,17 @@ class UniMedPredictor:
         volume: Volume,
         positive: np.ndarray,
         negative: np.ndarray | None = None,
+        prepared: PreparedVolume | None = None,
     ) -> np.ndarray:
-        """Mask (on the input grid, uint8) of the structure under the positive clicks (world RAS mm)."""
+        """Mask (on the input grid, uint8) of the structure under the positive clicks (world RAS mm).
+
+        ``prepared``: ``self.prepare(volume)`` when the caller already has it (several calls on one volume).
+        """
         positive = np.asarray(positive, dtype=np.float64).reshape(-1, 3)
         negative = np.zeros((0, 3)) if negative is None else np.asarray(negative, dtype=np.float64).reshape(-1, 3)
         if len(positive) == 0:
             raise ValueError("at least one positive click is needed")
-        prepared = self.prepare(volume)
+        prepared = self.prepare(volume) if prepared is None else prepared
         pos = world_to_voxel_points(positive, prepared.affine)
         neg = world_to_voxel_points(negative, prepared.affine)
         start = self._window_around(pos.mean(0), prepared.shape)
