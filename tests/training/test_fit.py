@@ -82,3 +82,14 @@ def test_build_trainer_is_monai_supervised_trainer(items):
 def test_time_budget_bad_argument(seconds):
     with pytest.raises(ValueError, match="seconds must be > 0"):
         TimeBudget(seconds)
+
+
+def test_time_budget_bad_clock():
+    with pytest.raises(ValueError, match="clock must be 'wall' or 'process'"):
+        TimeBudget(1.0, clock="gpu")
+
+
+def test_process_clock_budget_stops_early(items):
+    """A CPU-time budget ends the run although max_steps would allow more steps."""
+    history = fit(tiny_model(), items, LM, max_steps=50, time_budget_s=1e-3, time_budget_clock="process", **FAST)
+    assert [row["step"] for row in history] == [1]
