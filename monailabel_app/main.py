@@ -16,11 +16,13 @@ import logging
 
 from fastapi import HTTPException
 from lib.activelearning.uncertainty import UncertaintyStrategy
-from lib.annotations import count_levels, datastore_items, item_levels, label_item
+from lib.annotations import check_mask_label, count_levels, datastore_items, item_levels, label_item
 from lib.infers.unimed import UniMedClassification, UniMedDetection, UniMedInteractive, UniMedSegmentation
+from lib.safety import SafeLocalDatastore, check_infer_image
 from lib.scoring.uncertainty import UncertaintyScoring
 from lib.service import ModelService, ServiceConfig
 from lib.trainers.unimed import UniMedTrain
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.random import Random
 
@@ -50,6 +52,24 @@ class UniMedApp(MONAILabelApp):
             version="0.1.0",
         )
 
+    def init_datastore(self):
+        """MONAI Label's local datastore with ids and tags checked (``lib.safety``); remote ones unchanged."""
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return SafeLocalDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def infer(self, request, datastore=None):
+        """Refuse an ``image`` that is neither a datastore id nor a file the server made (``lib.safety``)."""
+        sessions = self.sessions()
+        roots = [sessions.store_path] if sessions is not None else []
+        check_infer_image(request.get("image"), datastore or self.datastore(), roots)
+        return super().infer(request, datastore)
+
     def init_infers(self):
         return {
             "unimed": UniMedSegmentation(self.service, self.label_map),
@@ -70,8 +90,8 @@ class UniMedApp(MONAILabelApp):
     def on_save_label(self, image_id: str, label_id: str):
         """Check a saved label against the label map and record its annotation level(s) in its info.
 
-        A label that cannot be read (unknown class, unknown file type) is removed again and the request
-        fails with 400 and the reason, so the datastore only holds labels training can use.
+        A label that cannot be read (unknown class or file type, corrupt, not on the image's grid) is removed
+        again and the request fails with 400 and the reason, so the datastore only holds labels training can use.
         """
         datastore = self.datastore()
         image = datastore.get_image_uri(image_id)
@@ -84,6 +104,8 @@ class UniMedApp(MONAILabelApp):
                     self.label_map,
                     datastore.get_label_info(tag_label, tag),
                 )
+                if "label" in item:
+                    check_mask_label(item, self.label_map)
             except ValueError as e:
                 datastore.remove_label(tag_label, tag)
                 datastore.refresh()  # a JSON label is no watched file type: forget it now, not at the next scan

@@ -31,6 +31,7 @@ __all__ = [
     "MASK_SUFFIXES",
     "LEVELS",
     "label_item",
+    "check_mask_label",
     "item_levels",
     "markups_to_boxes",
     "image_label_document",
@@ -112,6 +113,21 @@ def image_label_document(classes: Iterable[str], label_map: LabelMap) -> dict[st
     if unknown:
         raise ValueError(f"unknown image classes {unknown}; known: {list(label_map.image_classes)}")
     return {"classes": classes}
+
+
+def check_mask_label(item: Mapping[str, Any], label_map: LabelMap) -> None:
+    """Read a mask item's label volume against its image, as training will.
+
+    Raises:
+        ValueError: naming the label file: unreadable or corrupt, not on the image's grid (shape or affine),
+            or holding ids the label map does not have.
+    """
+    from unimed_core.data.image_io import read_image, read_label
+
+    label = read_label(item["label"], reference=read_image(item["image"]), label_map=label_map)
+    unknown = sorted(set(np.unique(label.array).tolist()) - set(label_map.mask_classes))
+    if unknown:
+        raise ValueError(f"{item['label']}: label ids {unknown} are not in the label map {label_map.mask_classes}")
 
 
 def label_item(

@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from unimed_core.data.boxes import voxel_to_world_points
 from unimed_core.data.image_io import Volume, read_image, write_label
 from unimed_core.inference.predictor import COORDINATES
 from unimed_core.inference.writers import markups_roi_document
+from unimed_core.model.weights import WeightsError
 
 from ..service import ModelService
 
@@ -96,10 +98,15 @@ class _UniMedInfer(InferTask):
 
     def __call__(self, request: dict) -> tuple[str | None, dict[str, Any]]:
         start = time.monotonic()
-        volume = read_image(request["image"])
-        predictor = self.service.predictor()
-        loaded = time.monotonic()
-        result_file, result = self.run(predictor, volume, request)
+        try:
+            volume = read_image(request["image"])
+            predictor = self.service.predictor()
+            loaded = time.monotonic()
+            result_file, result = self.run(predictor, volume, request)
+        except WeightsError:
+            raise  # the server's fault, not the request's: stays a 500 with the weights' path
+        except ValueError as e:  # bad input (unreadable, 2-D, too large, constant, clicks outside): say why
+            raise HTTPException(status_code=400, detail=str(e)) from e
         result.update(
             {
                 "weights_sha256": self.service.loaded_hash(),
