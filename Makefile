@@ -14,7 +14,7 @@ LABEL_STUDIES ?= outputs/label_studies
 LABEL_PORT ?= 8000
 LINTED := unimed_core tests benchmarks slicer_extension monailabel_app
 
-.PHONY: install demo test test-slow lint format clean label-env label-server
+.PHONY: install demo test test-slow lint format clean label-env label-server bench bench-full
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ test: $(STAMP) $(ML_STAMP)
 
 test-slow: $(STAMP) $(ML_STAMP)
 	$(PY) -m pytest -m slow -q
+
+# benchmarks/results/*.json and docs/benchmarks.md: quick mode < 15 min on 2 cores; full mode takes hours
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all --mode quick
+
+bench-full: $(STAMP)
+	$(PY) -m benchmarks.run_all --mode full
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
