@@ -1,0 +1,273 @@
+"""MONAI's single-task networks as baselines for UniMed: SegResNet, RetinaNet, DenseNet121.
+
+Each baseline is MONAI's network (none is written here), trained on the same datalist items, the same working
+grid and the same random crops as UniMed (``unimed_core.data.training_data.load_case`` / ``crop_case``), and
+evaluated through :class:`BaselinePredictor`, which returns UniMed's :class:`Prediction` (labels on the input
+grid, boxes in world RAS mm) so that ``unimed_core.evaluation.evaluate`` scores both with the same functions.
+
+A baseline sees only the annotation it can use: SegResNet the items with a mask, RetinaNet the items with
+boxes, DenseNet121 the items with image labels (:data:`NEEDS`).
+
+Example:
+    >>> seg = build_segresnet(LabelMap.default())  # doctest: +SKIP
+    >>> history = train_baseline("segmentation", seg, items, LabelMap.default(), time_budget_s=60)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+from monai.apps.detection.networks.retinanet_network import RetinaNet, resnet_fpn_feature_extractor
+from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.networks.nets import DenseNet121, SegResNet, resnet
+from monai.transforms import SpatialPad
+
+from unimed_core.data.boxes import clip_boxes_to_shape, voxel_to_world_boxes
+from unimed_core.data.image_io import Volume
+from unimed_core.data.preprocess import PreparedVolume, prepare_image, restore_to_source
+from unimed_core.data.training_data import LoadedCase, crop_case, load_case
+from unimed_core.inference.predictor import Prediction
+from unimed_core.label_map import LabelMap
+
+__all__ = [
+    "TASKS",
+    "NEEDS",
+    "build_segresnet",
+    "build_retinanet",
+    "build_densenet",
+    "BUILDERS",
+    "items_for",
+    "baseline_loss",
+    "train_baseline",
+    "BaselinePredictor",
+]
+
+TASKS = ("segmentation", "detection", "classification")
+# The datalist key a task's training item must carry: a baseline never sees annotation it cannot use.
+NEEDS = {"segmentation": "label", "detection": "boxes", "classification": "class"}
+
+
+def build_segresnet(label_map: LabelMap) -> SegResNet:
+    """MONAI's SegResNet with one output channel per mask id (background included)."""
+    return SegResNet(spatial_dims=3, in_channels=1, out_channels=label_map.num_mask_classes)
+
+
+def build_retinanet(label_map: LabelMap) -> RetinaNetDetector:
+    """MONAI's RetinaNet on a ResNet-10 FPN, set up as in MONAI's LUNA16 detection tutorial.
+
+    CPU-sized: ``resnet_fpn_feature_extractor`` fixes the FPN at 256 channels, so the heads run on the stride-8
+    and stride-16 levels (layers 2 and 3; a stride-4 level costs 8x more) of a half-width ResNet-10. Anchors
+    are 2-32 voxels (12-192 mm on the 6 mm grid: lesions are 6-60 mm across); the ATSS matcher and hard-negative sampler are the tutorial's.
+    """
+    backbone = resnet.ResNet(
+        block=resnet.ResNetBlock, layers=[1, 1, 1, 1], block_inplanes=[32, 64, 128, 256], spatial_dims=3,
+        n_input_channels=1, conv1_t_size=7, conv1_t_stride=(2, 2, 2),
+    )  # fmt: skip
+    returned_layers = [2, 3]
+    features = resnet_fpn_feature_extractor(backbone, 3, returned_layers=returned_layers)
+    anchors = AnchorGeneratorWithAnchorShape(
+        feature_map_scales=[2**level for level in range(len(returned_layers) + 1)],
+        base_anchor_shapes=((2, 2, 2), (4, 4, 4), (8, 8, 8)),
+    )
+    network = RetinaNet(
+        spatial_dims=3, num_classes=len(label_map.box_classes), num_anchors=anchors.num_anchors_per_location()[0],
+        feature_extractor=features, size_divisible=[2 * 2 * 2 ** max(returned_layers)] * 3,
+    )  # fmt: skip
+    detector = RetinaNetDetector(network, anchors)
+    detector.set_atss_matcher(num_candidates=4, center_in_gt=False)
+    detector.set_hard_negative_sampler(batch_size_per_image=64, positive_fraction=0.3, pool_size=20, min_neg=16)
+    return detector
+
+
+def build_densenet(label_map: LabelMap) -> DenseNet121:
+    """MONAI's DenseNet121 with one logit per image class (multi-label)."""
+    return DenseNet121(spatial_dims=3, in_channels=1, out_channels=len(label_map.image_classes))
+
+
+BUILDERS = {"segmentation": build_segresnet, "detection": build_retinanet, "classification": build_densenet}
+
+
+def items_for(task: str, items: Sequence[dict]) -> list[dict]:
+    """The items a baseline for ``task`` can learn from (those carrying its annotation)."""
+    if task not in NEEDS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return [item for item in items if item.get(NEEDS[task]) is not None]
+
+
+def _box_targets(cases: Sequence[LoadedCase], label_map: LabelMap) -> list[dict]:
+    # LoadedCase box labels index label_map.class_names; RetinaNet's labels index the box classes.
+    box_index = {label_map.class_index(n): i for i, n in enumerate(label_map.box_classes)}
+    return [
+        {
+            "boxes": torch.as_tensor(np.asarray(c.boxes, dtype=np.float32).reshape(-1, 6)),
+            "labels": torch.as_tensor([box_index[int(v)] for v in c.box_labels], dtype=torch.long),
+        }
+        for c in cases
+    ]
+
+
+def baseline_loss(task: str, model: torch.nn.Module, cases: Sequence[LoadedCase], label_map: LabelMap) -> torch.Tensor:
+    """The task's standard loss on a batch of cropped cases (all with the annotation ``task`` needs).
+
+    Segmentation: Dice + cross-entropy (MONAI's ``DiceCELoss``); detection: RetinaNet's own classification +
+    box-regression losses; classification: binary cross-entropy per image class.
+    """
+    images = torch.stack([c.image for c in cases])
+    if task == "segmentation":
+        semantic = torch.stack([c.semantic for c in cases])[:, None]
+        return DiceCELoss(to_onehot_y=True, softmax=True)(model(images), semantic)
+    if task == "detection":
+        losses = model(images, _box_targets(cases, label_map))
+        return losses[model.cls_key] + losses[model.box_reg_key]
+    if task == "classification":
+        wanted = [label_map.class_index(n) for n in label_map.image_classes]
+        truth = torch.tensor([[float(k in c.image_classes) for k in wanted] for c in cases])
+        return torch.nn.functional.binary_cross_entropy_with_logits(model(images), truth)
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def train_baseline(
+    task: str,
+    model: torch.nn.Module,
+    items: Sequence[dict],
+    label_map: LabelMap,
+    *,
+    patch_size: Sequence[int] = (64, 64, 64),
+    spacing: Sequence[float] = (6.0, 6.0, 6.0),
+    batch_size: int = 2,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    max_steps: int = 1000,
+    time_budget_s: float | None = None,
+    time_budget_clock: str = "process",
+    seed: int = 0,
+    log_every: int = 50,
+) -> list[dict]:
+    """Train a baseline in place with AdamW, like ``unimed_core.training.fit.fit`` (budget, clock, crops).
+
+    Only ``items_for(task, items)`` are used. Returns the logged history (step, seconds, loss).
+    """
+    if time_budget_clock not in ("wall", "process"):
+        raise ValueError(f"time_budget_clock must be 'wall' or 'process', got {time_budget_clock!r}")
+    usable = items_for(task, items)
+    if not usable:
+        raise ValueError(f"no training item carries {NEEDS[task]!r}: nothing for the {task} baseline to learn")
+    clock = time.process_time if time_budget_clock == "process" else time.monotonic
+    torch.manual_seed(seed)
+    cache: dict[int, LoadedCase] = {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    history: list[dict] = []
+    start_clock, start_wall, step, epoch = clock(), time.monotonic(), 0, 0
+    while step < max_steps and not (time_budget_s and clock() - start_clock > time_budget_s):
+        order = np.random.default_rng([seed, epoch]).permutation(len(usable))
+        for first in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            cases = []
+            for index in order[first : first + batch_size]:
+                if index not in cache:
+                    cache[index] = load_case(usable[index], label_map, spacing)
+                cases.append(crop_case(cache[index], patch_size, np.random.default_rng([seed, epoch, index])))
+            if task == "classification":  # a crop that cut the volume leaves image labels unknown
+                cases = [c for c in cases if c.image_classes is not None]
+                if not cases:
+                    continue
+            loss = baseline_loss(task, model, cases, label_map)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % log_every == 0 or step == 1:
+                history.append({"step": step, "seconds": round(time.monotonic() - start_wall, 1), "loss": float(loss)})
+            if step >= max_steps or (time_budget_s and clock() - start_clock > time_budget_s):
+                break
+        epoch += 1
+    if not history or history[-1]["step"] != step:
+        history.append({"step": step, "seconds": round(time.monotonic() - start_wall, 1), "loss": float(loss)})
+    return history
+
+
+class BaselinePredictor:
+    """The three baselines in turn on one volume, with UniMed's predictor interface and output conventions.
+
+    ``prepare`` puts the volume on the working grid once (``unimed_core.data.preprocess``); ``predict`` runs
+    each given baseline and returns a :class:`Prediction`: labels restored to the input grid, boxes mapped to
+    world RAS mm (``unimed_core.data.boxes``), image-class probabilities. A missing baseline leaves its part
+    empty (no labels, no boxes, probability 0.5). ``timings`` holds the seconds of each part of the last call.
+
+    Args:
+        segmenter, detector, classifier: trained baselines or None.
+        label_map: the label map.
+        spacing, roi_size, overlap: working grid and sliding window, as for ``UniMedPredictor``.
+        score_threshold, nms_iou: detection post-processing (pass UniMed predictor's, for a like-for-like test).
+    """
+
+    def __init__(
+        self,
+        segmenter: torch.nn.Module | None,
+        detector: RetinaNetDetector | None,
+        classifier: torch.nn.Module | None,
+        label_map: LabelMap,
+        spacing: Sequence[float] = (6.0, 6.0, 6.0),
+        roi_size: Sequence[int] = (64, 64, 64),
+        overlap: float = 0.25,
+        score_threshold: float = 0.3,
+        nms_iou: float = 0.3,
+    ) -> None:
+        self.segmenter = segmenter.eval() if segmenter is not None else None
+        self.detector = detector.eval() if detector is not None else None
+        self.classifier = classifier.eval() if classifier is not None else None
+        self.label_map = label_map
+        self.spacing = tuple(float(s) for s in spacing)
+        self.roi_size = tuple(int(r) for r in roi_size)
+        self.overlap = overlap
+        if self.detector is not None:
+            self.detector.set_box_selector_parameters(
+                score_thresh=score_threshold, nms_thresh=nms_iou, detections_per_img=100
+            )
+            self.detector.set_sliding_window_inferer(
+                roi_size=self.roi_size, overlap=overlap, sw_batch_size=1, mode="gaussian", device="cpu"
+            )
+        self.timings: dict[str, float] = {}
+
+    def prepare(self, volume: Volume) -> PreparedVolume:
+        return prepare_image(volume, self.spacing)
+
+    def _timed(self, name: str, start: float) -> float:
+        now = time.perf_counter()
+        self.timings[name] = now - start
+        return now
+
+    @torch.no_grad()
+    def predict(self, volume: Volume, prepared: PreparedVolume | None = None) -> Prediction:
+        start = time.perf_counter()
+        prepared = self.prepare(volume) if prepared is None else prepared
+        start = self._timed("prepare", start)
+        image = prepared.image[None]
+        labels = np.zeros(prepared.source_shape, dtype=np.int16)
+        if self.segmenter is not None:
+            logits = sliding_window_inference(image, self.roi_size, 1, self.segmenter, self.overlap, mode="gaussian")
+            working = logits[0].argmax(0, keepdim=True)
+            labels = restore_to_source(working, prepared, mode="nearest")[0].round().short().numpy()
+            start = self._timed("segmentation", start)
+        boxes, names, scores = np.zeros((0, 6)), [], np.zeros((0,))
+        if self.detector is not None:
+            found = self.detector(image, use_inferer=True)[0]
+            voxel, keep = clip_boxes_to_shape(found["boxes"].double().numpy().reshape(-1, 6), prepared.shape)
+            boxes = voxel_to_world_boxes(voxel, prepared.affine)
+            names = [self.label_map.box_classes[int(i)] for i in found["labels"][torch.as_tensor(keep)]]
+            scores = found["labels_scores"][torch.as_tensor(keep)].double().numpy()
+            start = self._timed("detection", start)
+        probs = {name: 0.5 for name in self.label_map.image_classes}
+        if self.classifier is not None:
+            # the whole working grid at once (DenseNet pools globally), padded up to the training patch if smaller
+            padded = SpatialPad(self.roi_size, mode="replicate")(image[0])[None]
+            values = torch.sigmoid(self.classifier(padded))[0].tolist()
+            probs = dict(zip(self.label_map.image_classes, values))
+            self._timed("classification", start)
+        return Prediction(labels, prepared.source_affine.copy(), boxes, names, scores, probs)
