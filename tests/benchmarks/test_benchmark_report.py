@@ -1,0 +1,61 @@
+"""The report builder turns results JSON into markdown tables and a verdict that follows the numbers."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.report import build_report
+
+
+def _write(folder, name, data):
+    (folder / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
+
+
+def test_report_has_the_table_rows_and_a_verdict_from_the_numbers(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    summary_u = {"dice/all_mean": 0.61, "mAP@0.10": 0.2, "AUC": 0.4, "hd95/liver": 12.5, "click_dice/mean": 0.3}
+    summary_b = {"dice/all_mean": 0.55, "mAP@0.10": 0.35, "AUC": 0.7, "hd95/liver": 20.0}
+    _write(results, "quality", {
+        "mode": "quick", "budget_cpu_s": 60.0, "threads": 2, "test_cases": 16, "training_items": 40,
+        "unlabeled_items": 8, "unimed": {"run": {"steps": 50}, "summary": summary_u},
+        "baselines": {"runs": {"segmentation": {"steps": 20, "items": 16}}, "summary": summary_b},
+        "headline": {"segmentation": {"metric": "dice/all_mean", "unimed": 0.61, "baseline": 0.55},
+                     "detection": {"metric": "mAP@0.10", "unimed": 0.2, "baseline": 0.35}},
+    })  # fmt: skip
+    _write(results, "claims", {"mode": "quick", "budget_cpu_s": 60.0, "rows": [
+        {"claim": "unlabeled data helps", "metric": "AUC", "a": "with MVM", "a_value": 0.6, "b": "without",
+         "b_value": 0.5, "difference": 0.1, "ratio": 1.2, "note": "10 labeled"}]})  # fmt: skip
+    _write(results, "speed", {
+        "mode": "quick", "threads": 2, "repeats": 3, "weights": "random initialisation",
+        "machine": {"cpus": 2, "processor": "x86_64", "platform": "Linux"},
+        "inference": [{"model": "unimed", "shape": [64, 64, 64], "latency_s": 0.5, "peak_rss_mib": 700.0,
+                       "inference_mib": 80.0, "parts_s": {}},
+                      {"model": "baselines", "shape": [64, 64, 64], "latency_s": 1.5, "peak_rss_mib": 900.0,
+                       "inference_mib": 200.0, "parts_s": {"segmentation": 0.4}}],
+        "ratios": [{"shape": [64, 64, 64], "latency_baselines_over_unimed": 3.0, "peak_baselines_over_unimed": 1.29}],
+        "training_samples_per_s": {"unimed": 2.0, "segmentation": 0.7},
+        "torchrun_cpu": {"1": {"median_step_s": 1.0, "samples_per_s": 2.0},
+                         "2": {"median_step_s": 1.2, "samples_per_s": 3.3}, "speedup_2_vs_1": 1.65},
+    })  # fmt: skip
+    out = tmp_path / "docs" / "benchmarks.md"
+    text = build_report(results, out)
+    assert out.read_text(encoding="utf-8") == text
+    for name in ("quality.png", "speed.png"):
+        assert (out.parent / "benchmarks" / name).stat().st_size > 1000
+        assert f"![{name}](benchmarks/{name})" in text
+    assert "| dice/all_mean | 0.610 | 0.550 | 1.11 |" in text
+    assert "| hd95/liver | 12.500 | 20.000 | 0.62 |" in text
+    assert "| click_dice/mean | 0.300 | n/a | n/a |" in text
+    assert "| 64x64x64 | unimed | 0.500 | 700.000 | 80.000 |  |" in text
+    assert "| 64x64x64 | 3.000 | 1.290 |" in text
+    assert "Speed-up 2 vs 1 process: 1.65x" in text
+    wins, losses = text.split("UniMed wins:")[1].split("UniMed loses")
+    assert "segmentation (dice/all_mean): UniMed 0.610 vs baseline 0.550 (+0.060)" in wins
+    assert "detection (mAP@0.10)" in losses and "detection" not in wins
+    assert "unlabeled data helps" in wins and "latency at 64x64x64: baselines take 3.00x" in wins
+
+
+def test_report_without_results_still_writes_a_page(tmp_path):
+    text = build_report(tmp_path, tmp_path / "b.md", plots=False)
+    assert text.startswith("# UniMed benchmarks") and "nothing measured" in text
