@@ -4,10 +4,12 @@
 - :mod:`.inference`: ``PredictionIteration``, ``WritePredictiond``, ``InferenceSummary``, ``NetInOut``;
 - :mod:`.validation`: ``CaseIteration``, ``UniMedMetric`` (Dice / mAP / AUC), ``WriteEvaluationReport``;
 - :mod:`.training`: ``SetDatasetEpoch``, ``WeightHashes``, ``rank_handlers``;
+- :mod:`.checkpoints`: ``AtomicCheckpointSaver`` (checkpoints that survive a kill), ``latest_checkpoint``;
 - :mod:`.fewshot`: ``fewshot_splits`` (a user's class names mapped onto the vocabulary);
 - :mod:`.sample`: the shipped sample volume.
 """
 
+from unimed_core.engine.checkpoints import AtomicCheckpointSaver, latest_checkpoint
 from unimed_core.engine.fewshot import fewshot_splits, map_class_name
 from unimed_core.engine.inference import (
     InferenceSummary,
@@ -31,6 +33,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "EVERY_RANK",
     "SAMPLE_NAME",
+    "AtomicCheckpointSaver",
     "CaseIteration",
     "InferenceSummary",
     "LoadVolumed",
@@ -45,6 +48,7 @@ __all__ = [
     "bundle_root",
     "fewshot_splits",
     "inference_items",
+    "latest_checkpoint",
     "make_sample",
     "map_class_name",
     "rank_handlers",

@@ -42,11 +42,26 @@ class JointIteration:
         self.seed, self.grad_clip = seed, grad_clip
         self._generator: torch.Generator | None = None
 
+    @staticmethod
+    def _rank() -> int:
+        return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
     def _gen(self) -> torch.Generator:
         if self._generator is None:
-            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            self._generator = torch.Generator().manual_seed(self.seed + rank)
+            self._generator = torch.Generator().manual_seed(self.seed + self._rank())
         return self._generator
+
+    def state_dict(self) -> dict:
+        """The generator's state: checkpointed with the trainer, a resumed run draws what an uninterrupted one would."""
+        return {"generator": self._gen().get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (saved by rank 0); other ranks derive their own stream from it."""
+        generator = self._gen()
+        generator.set_state(state["generator"])
+        if self._rank():
+            offset = int(torch.randint(0, 2**62, (1,), generator=generator))
+            generator.manual_seed(offset + self._rank())
 
     def __call__(self, engine: Any, batchdata: dict) -> dict:
         images, targets = prepare_joint_batch(batchdata, engine.state.device, engine.non_blocking)
