@@ -58,6 +58,8 @@ def label_map_to_dict(label_map: LabelMap) -> dict[str, Any]:
 
 def label_map_from_dict(data: Mapping[str, Any]) -> LabelMap:
     """Inverse of :func:`label_map_to_dict`; ``ValueError`` when the entry is malformed."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"malformed label_map entry {data!r}: must be an object with 'mask_classes'")
     try:
         mask = {int(k): str(v) for k, v in data["mask_classes"].items()}
         colors = {str(k): tuple(int(c) for c in v) for k, v in data.get("colors", {}).items()}
@@ -158,7 +160,10 @@ def load_datalist(
     """
     path = Path(path).resolve()
     data = _read_json(path)
-    declared = label_map_from_dict(data["label_map"]) if "label_map" in data else None
+    try:
+        declared = label_map_from_dict(data["label_map"]) if "label_map" in data else None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
     if label_map is None:
         label_map = declared if declared is not None else LabelMap.default()
     elif declared is not None and declared.mask_classes != label_map.mask_classes:
@@ -225,6 +230,13 @@ def _check_item(
     return out
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer beyond float range
+        return False
+
+
 def _check_boxes(boxes: Any, labels: Any, where: str, label_map: LabelMap) -> tuple[list[list[float]], list[str]]:
     if not isinstance(boxes, list) or not isinstance(labels, list):
         raise ValueError(f"{where}: 'boxes' and 'box_labels' must be lists, got {boxes!r} and {labels!r}")
@@ -237,7 +249,7 @@ def _check_boxes(boxes: Any, labels: Any, where: str, label_map: LabelMap) -> tu
             and len(box) == 6
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
         )
-        if not ok or not all(math.isfinite(v) for v in box):
+        if not ok or not all(_finite(v) for v in box):
             raise ValueError(f"{where}: box {j} must be 6 finite numbers [x1, y1, z1, x2, y2, z2], got {box!r}")
         if not all(box[d] <= box[d + 3] for d in range(3)):
             raise ValueError(f"{where}: box {j} {box} must have x1<=x2, y1<=y2, z1<=z2 (corner mode XYZXYZ)")

@@ -148,7 +148,8 @@ def _check_array(array: np.ndarray, path: Path, what: str = "image") -> np.ndarr
     if array.dtype == bool:
         array = array.astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, refused just below
+            array = array.astype(np.float32, copy=False)
         finite = np.isfinite(array)
         if not finite.all():
             n_nan = int(np.isnan(array).sum())
@@ -160,15 +161,45 @@ def _check_array(array: np.ndarray, path: Path, what: str = "image") -> np.ndarr
     return np.ascontiguousarray(array)
 
 
-def _read_nifti(path: Path) -> Volume:
+# Bytes per voxel while reading: the file's data (up to 8 bytes) plus the float32 copy the readers make.
+_READ_BYTES_PER_VOXEL = 12
+
+
+def _default_max_bytes() -> int | None:
+    try:
+        import psutil
+    except ImportError:  # no way to know: read and let the system decide
+        return None
+    return int(psutil.virtual_memory().available // 2)
+
+
+def _check_size(path: Path, shape: tuple[int, ...], max_bytes: int | None) -> None:
+    """Refuse, from the header alone, a volume that would not fit in memory (before any voxel is read)."""
+    limit = _default_max_bytes() if max_bytes is None else max_bytes
+    needed = float(np.prod([float(s) for s in shape])) * _READ_BYTES_PER_VOXEL
+    if limit is not None and needed > limit:
+        raise ImageReadError(
+            path,
+            f"volume of {' x '.join(str(int(s)) for s in shape)} voxels needs about {needed / 2**30:.1f} GB to read, "
+            f"more than the {limit / 2**30:.1f} GB allowed (max_bytes; default: half the available memory); "
+            "crop or downsample it first",
+        )
+
+
+def _read_nifti(path: Path, max_bytes: int | None) -> Volume:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path), mmap=False)  # read now: no open memory map on the input file
+        img = nib.load(str(path), mmap=False)  # the header only; voxels are read below, without a memory map
+        shape = img.shape
+    except Exception as e:  # nibabel raises many types for damaged files; the user needs one message
+        raise ImageReadError(path, f"corrupt or truncated NIfTI file ({type(e).__name__}: {e})") from e
+    _check_size(path, shape, max_bytes)
+    try:
         # dataobj keeps integer labels integer; it applies scl_slope/scl_inter when they are set.
         array = np.asarray(img.dataobj)
         affine = img.affine
-    except Exception as e:  # nibabel raises many types for damaged files; the user needs one message
+    except Exception as e:
         raise ImageReadError(path, f"corrupt or truncated NIfTI file ({type(e).__name__}: {e})") from e
     array = _check_array(array, path)
     return Volume(array, _check_affine(affine, path), path, {"format": "nifti"})
@@ -201,11 +232,15 @@ def _itk_problem(error: Exception) -> str:
     return " ".join(kept)[-300:] or type(error).__name__
 
 
-def _read_itk_file(path: Path) -> Volume:
+def _read_itk_file(path: Path, max_bytes: int | None) -> Volume:
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        img = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()  # the header only
+        _check_size(path, (*reader.GetSize(), reader.GetNumberOfComponents()), max_bytes)
+        img = reader.Execute()
     except RuntimeError as e:
         raise ImageReadError(path, f"corrupt, truncated or unreadable file ({_itk_problem(e)})") from e
     return _volume_from_itk(img, path, {"format": path.name.lower().rsplit(".", 1)[-1]})
@@ -221,7 +256,7 @@ def _slice_positions(datasets: list[Any], folder: Path) -> np.ndarray:
     return positions @ normal
 
 
-def _read_dicom(path: Path, series_uid: str | None) -> Volume:
+def _read_dicom(path: Path, series_uid: str | None, max_bytes: int | None) -> Volume:
     import pydicom
     import SimpleITK as sitk
 
@@ -259,6 +294,11 @@ def _read_dicom(path: Path, series_uid: str | None) -> Volume:
                 f"missing or unevenly spaced slices in DICOM series {series_uid}: steps between the "
                 f"{len(files)} slices range from {np.min(np.abs(steps)):.4g} to {np.max(np.abs(steps)):.4g} mm",
             )
+    first = datasets[0]
+    frames = int(getattr(first, "NumberOfFrames", 1) or 1)
+    _check_size(
+        folder, (int(getattr(first, "Columns", 0)), int(getattr(first, "Rows", 0)), len(files) * frames), max_bytes
+    )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -275,13 +315,15 @@ def _read_dicom(path: Path, series_uid: str | None) -> Volume:
     return _volume_from_itk(img, folder, meta)
 
 
-def read_image(path: str | Path, series_uid: str | None = None) -> Volume:
+def read_image(path: str | Path, series_uid: str | None = None, max_bytes: int | None = None) -> Volume:
     """Read one 3-D volume with its RAS affine, without resampling.
 
     Args:
         path: a ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``, ``.mha``/``.mhd`` file, a DICOM series folder or one
             ``.dcm`` file of a series.
         series_uid: for a DICOM folder holding several series, the SeriesInstanceUID to read.
+        max_bytes: refuse, from the header and before reading voxels, a volume whose reading would need more
+            memory than this (about 12 bytes per voxel); None: half the memory available now.
 
     Returns:
         A :class:`Volume`; ``meta["format"]`` names the format, DICOM adds ``modality``, ``series_uid`` and
@@ -290,17 +332,17 @@ def read_image(path: str | Path, series_uid: str | None = None) -> Volume:
     Raises:
         ImageReadError: missing, unknown, corrupt or truncated file; 2-D, 4-D, multi-channel or empty volume;
             NaN/Inf voxels; degenerate affine; DICOM folder with no, several (without ``series_uid``) or
-            gapped series.
+            gapped series; a volume larger than ``max_bytes`` allows (the message gives the size).
     """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "file does not exist")
     kind = _format_of(path)
     if kind == "nifti":
-        return _read_nifti(path)
+        return _read_nifti(path, max_bytes)
     if kind == "itk":
-        return _read_itk_file(path)
-    return _read_dicom(path, series_uid)
+        return _read_itk_file(path, max_bytes)
+    return _read_dicom(path, series_uid, max_bytes)
 
 
 def _read_seg_nrrd(path: Path, label_map: LabelMap | None) -> Volume:

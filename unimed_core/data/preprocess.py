@@ -15,6 +15,7 @@ from monai.data import MetaTensor
 from monai.transforms import Orientation, ScaleIntensityRangePercentiles, SpatialResample
 
 from unimed_core.data.image_io import Volume
+from unimed_core.errors import ImageReadError
 
 __all__ = ["PreparedVolume", "prepare_image", "resample_label_to", "restore_to_source", "normalize_intensity"]
 
@@ -81,11 +82,17 @@ def prepare_image(volume: Volume, spacing: tuple[float, float, float] = (2.0, 2.
     Args:
         volume: the input volume (any orientation, spacing, oblique direction).
         spacing: working spacing in mm.
+
+    Raises:
+        ImageReadError: the volume's intensities are constant (nothing to analyse), naming its file.
     """
     if len(spacing) != 3 or any(s <= 0 for s in spacing):
         raise ValueError(f"spacing must be three positive numbers in mm, got {spacing}")
     resampled = _to_working_grid(volume.array.astype(np.float32, copy=False), volume.affine, spacing, "bilinear")
-    image = normalize_intensity(resampled.as_tensor())
+    try:
+        image = normalize_intensity(resampled.as_tensor())
+    except ValueError as e:  # a constant volume: the user needs to know which file
+        raise ImageReadError(volume.path, str(e)) from e
     return PreparedVolume(
         image=image.contiguous(),
         affine=resampled.affine.numpy().astype(np.float64),

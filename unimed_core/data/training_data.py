@@ -19,6 +19,7 @@ from scipy import ndimage
 from unimed_core.data.boxes import boxes_from_mask, world_to_voxel_boxes
 from unimed_core.data.image_io import read_image, read_label
 from unimed_core.data.preprocess import prepare_image, resample_label_to
+from unimed_core.errors import ImageReadError
 from unimed_core.label_map import LabelMap
 from unimed_core.model.targets import Target
 from unimed_core.tokenizer import Tokenizer
@@ -38,17 +39,32 @@ class LoadedCase:
 
 
 def load_case(item: dict, label_map: LabelMap, spacing: Sequence[float]) -> LoadedCase:
-    """Read one datalist item (absolute paths, as ``load_datalist`` returns them) onto the working grid."""
+    """Read one datalist item (absolute paths, as ``load_datalist`` returns them) onto the working grid.
+
+    Raises:
+        ValueError: naming the file: an unreadable image or label (``ImageReadError``), a label off the image's
+            grid or with ids outside the label map, a box lying entirely outside the image.
+    """
     volume = read_image(item["image"])
     prepared = prepare_image(volume, tuple(float(s) for s in spacing))
     semantic = None
     if item.get("label"):
         label = read_label(item["label"], reference=volume)
+        unknown = sorted(set(np.unique(label.array).tolist()) - set(label_map.mask_classes))
+        if unknown:
+            raise ImageReadError(
+                item["label"], f"label ids {unknown} are not in the label map {label_map.mask_classes}"
+            )
         semantic = resample_label_to(label.array, label.affine, prepared)
     boxes = box_labels = None
     if item.get("boxes") is not None:
         world = np.asarray(item["boxes"], dtype=np.float64).reshape(-1, 6)
         boxes = world_to_voxel_boxes(world, prepared.affine) if len(world) else np.zeros((0, 6))
+        # corner convention: the image spans [0, shape] voxels; a box partly outside is clipped when cropped
+        outside = np.any((boxes[:, 3:] <= 0) | (boxes[:, :3] >= np.asarray(prepared.shape)), axis=1)
+        if outside.any():
+            j = int(np.argmax(outside))
+            raise ValueError(f"{item['image']}: box {j} {world[j].tolist()} (world RAS mm) lies outside the image")
         box_labels = np.asarray([label_map.class_index(n) for n in item.get("box_labels", [])], dtype=np.int64)
     image_classes = None
     if item.get("class") is not None:

@@ -120,11 +120,19 @@ class UniMedPredictor:
 
     # -- preparation -------------------------------------------------------------------------------------------
     def prepare(self, volume: Volume) -> PreparedVolume:
-        """Estimate the working grid's size first and refuse (with the number) what would not fit."""
+        """Estimate the working grid's size first and refuse (with the number) what would not fit, or what spans
+        less than two working voxels along an axis (a spacing in the header that is wrong by orders of magnitude).
+        """
         extent = np.abs(volume.affine[:3, :3]) @ np.asarray(volume.shape, dtype=np.float64)
         estimate = float(np.prod(np.maximum(extent / np.asarray(self.spacing), 1)))
+        where = volume.path or "volume"
+        if np.any(extent < 2 * np.asarray(self.spacing)):
+            raise ValueError(
+                f"{where}: the volume spans only {np.round(extent, 4).tolist()} mm (voxel spacing "
+                f"{np.round(volume.spacing, 6).tolist()} mm); the model works at {self.spacing} mm: check the "
+                "spacing in the file's header"
+            )
         if estimate > self.max_working_voxels:
-            where = volume.path or "volume"
             raise ValueError(
                 f"{where}: about {estimate:.3g} voxels at {self.spacing} mm exceed the limit of "
                 f"{self.max_working_voxels:.3g}; use a coarser spacing or crop the volume"
