@@ -1,0 +1,217 @@
+"""Speed and memory on the CPU: inference latency and peak memory per volume size, training throughput, and
+two-process ``torchrun`` scaling of UniMed's training steps.
+
+    .venv/bin/python -m benchmarks.speed --mode quick [--weights DIR]
+
+Method (so that the numbers mean one thing):
+
+- Inputs are generated CT-like studies of one physical field of view (384 x 384 x 360 mm) at 64^3, 128^3,
+  256x256x128 and 512x512x300 voxels, stored as uncompressed NIfTI. Both sides go from the loaded volume to
+  outputs on the input grid / in world mm (``predict``): resampling to the 6 mm working grid, the networks,
+  and labels restored onto the input grid. UniMed gives all three tasks in one pass; the baselines run in turn
+  (SegResNet, RetinaNet, DenseNet121) after one shared preparation.
+- Latency: the median over ``mode.repeats`` timed calls after one warm-up call.
+- Peak memory: each (model, size) runs in its own fresh process, and we read the kernel's high-water mark of
+  its resident set (``resource.getrusage(...).ru_maxrss``): it counts everything torch, numpy and MONAI
+  allocate, which ``tracemalloc`` (Python allocations only) would miss. We report the peak and the RSS just
+  before the first call (model loaded, volume read), whose difference is what inference itself needs.
+- Training throughput: samples per second over ``mode.train_steps`` steps (batch 2, 64^3 patches) after two
+  warm-up steps that also load the cases.
+- Scaling: ``torchrun --nproc_per_node=N benchmarks/ddp_steps.py`` for N = 1, 2 with one thread per
+  process and the same per-process batch (gloo, DistributedDataParallel).
+
+Writes ``benchmarks/results/speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.baselines import BUILDERS, TASKS, BaselinePredictor, train_baseline
+from benchmarks.common import MODES, RESULTS, Mode, load_items
+from benchmarks.learning import PATCH, SPACING
+from unimed_core.data.atomic import atomic_write_json
+from unimed_core.data.image_io import read_image
+from unimed_core.data.synthetic import SyntheticConfig, generate_case, save_nifti_reproducible
+from unimed_core.inference.predictor import UniMedPredictor
+from unimed_core.label_map import LabelMap
+from unimed_core.model.factory import unimed_small
+from unimed_core.model.weights import load_weights
+from unimed_core.paths import REPO_ROOT
+from unimed_core.training.fit import fit
+
+__all__ = ["FOV_MM", "make_volume", "measure_inference", "training_throughput", "ddp_scaling", "main"]
+
+FOV_MM = (384.0, 384.0, 360.0)
+MODELS = ("unimed", "baselines")
+
+
+def make_volume(folder: Path, shape: tuple[int, int, int], seed: int = 0) -> Path:
+    """A CT-like study of ``shape`` voxels over :data:`FOV_MM` (reused when already written)."""
+    path = folder / f"ct_{'x'.join(map(str, shape))}.nii"
+    if not path.exists():
+        spacing = tuple(f / s for f, s in zip(FOV_MM, shape))
+        case = generate_case(seed, SyntheticConfig(domain="ct", shape=shape, spacing=spacing))
+        save_nifti_reproducible(case.image, case.affine, path)
+    return path
+
+
+def _rss_mib(kib: float) -> float:
+    return round(kib / 1024.0, 1)  # Linux reports ru_maxrss in KiB
+
+
+def _current_rss_kib() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return float(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+
+
+def _predictor(name: str, label_map: LabelMap, weights: Path | None):
+    if name == "unimed":
+        model = unimed_small(label_map)
+        if weights and (weights / "unimed.pt").exists():
+            load_weights(model, weights / "unimed.pt")
+        return UniMedPredictor(model, label_map, spacing=SPACING, roi_size=PATCH)
+    nets = {task: BUILDERS[task](label_map) for task in TASKS}
+    for task, net in nets.items():
+        if weights and (weights / f"{task}.pt").exists():
+            load_weights(net, weights / f"{task}.pt")
+    return BaselinePredictor(nets["segmentation"], nets["detection"], nets["classification"], label_map, SPACING, PATCH)
+
+
+def _child(name: str, volume_path: Path, weights: Path | None, repeats: int) -> dict:
+    """Runs in a fresh process: load, warm up, time ``repeats`` calls, report latency and memory."""
+    label_map = LabelMap.default()
+    predictor = _predictor(name, label_map, weights)
+    volume = read_image(volume_path)
+    before = _current_rss_kib()
+    predictor.predict(volume)
+    times, parts = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predictor.predict(volume)
+        times.append(time.perf_counter() - start)
+        parts.append(dict(getattr(predictor, "timings", {})))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    part_medians = {k: round(statistics.median(p[k] for p in parts), 3) for k in (parts[0] if parts else {})}
+    return {"model": name, "shape": list(volume.shape), "latency_s": round(statistics.median(times), 3),
+            "latencies_s": [round(t, 3) for t in times], "parts_s": part_medians,
+            "rss_before_mib": _rss_mib(before), "peak_rss_mib": _rss_mib(peak),
+            "inference_mib": _rss_mib(peak - before)}  # fmt: skip
+
+
+def measure_inference(mode: Mode, folder: Path, weights: Path | None) -> list[dict]:
+    """Latency and peak RSS of each model on each size, each in its own process."""
+    rows = []
+    for shape in mode.sizes:
+        path = make_volume(folder, shape)
+        for name in MODELS:
+            command = [sys.executable, "-m", "benchmarks.speed", "--child", name, str(path),
+                       "--repeats", str(mode.repeats), "--threads", str(torch.get_num_threads())]  # fmt: skip
+            if weights:
+                command += ["--weights", str(weights)]
+            done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                rows.append({"model": name, "shape": list(shape), "error": done.stderr[-2000:]})
+                continue
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _rate(history: list[dict], batch: int, skip: int = 2) -> float:
+    """Samples per second between logged step ``skip`` and the last step (every step logged)."""
+    first, last = history[skip - 1], history[-1]
+    return batch * (last["step"] - first["step"]) / max(last["seconds"] - first["seconds"], 1e-9)
+
+
+def training_throughput(mode: Mode, label_map: LabelMap) -> dict:
+    """Samples/s of each model's training step (batch 2, 64^3), on items carrying every annotation."""
+    items = [i for i in load_items(mode, label_map)["training"] if "label" in i][:8]
+    steps = mode.train_steps + 2
+    out = {}
+    history = fit(unimed_small(label_map), items, label_map, patch_size=PATCH, spacing=SPACING,
+                  max_steps=steps, log_every=1)  # fmt: skip
+    out["unimed"] = round(_rate(history, 2), 3)
+    for task in TASKS:
+        history = train_baseline(task, BUILDERS[task](label_map), items, label_map, patch_size=PATCH,
+                                 spacing=SPACING, max_steps=steps, log_every=1)  # fmt: skip
+        out[task] = round(_rate(history, 2), 3)
+    out["baselines_in_turn"] = round(1.0 / sum(1.0 / out[t] for t in TASKS), 3)
+    return out
+
+
+def ddp_scaling(mode: Mode) -> dict:
+    """UniMed training steps under torchrun with 1 and 2 CPU processes (one thread each, batch 2 per process)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = {}
+    for n in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Path(tmp) / "ddp.json"
+            command = [str(torchrun), "--standalone", f"--nproc_per_node={n}", "-m", "benchmarks.ddp_steps",
+                       "--data", str(mode.data), "--steps", str(mode.ddp_steps), "--out", str(result)]  # fmt: skip
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+            done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0 or not result.exists():
+                out[str(n)] = {"error": (done.stdout + done.stderr)[-2000:]}
+                continue
+            out[str(n)] = json.loads(result.read_text())
+    if all("samples_per_s" in v for v in out.values()):
+        out["speedup_2_vs_1"] = round(out["2"]["samples_per_s"] / out["1"]["samples_per_s"], 3)
+    return out
+
+
+def run_speed(mode: Mode, weights: Path | None) -> dict:
+    label_map = LabelMap.default()
+    folder = Path("data/bench_speed")
+    folder.mkdir(parents=True, exist_ok=True)
+    inference = measure_inference(mode, folder, weights)
+    by = {(r["model"], tuple(r["shape"])): r for r in inference if "error" not in r}
+    ratios = []
+    for shape in mode.sizes:
+        u, b = by.get(("unimed", tuple(shape))), by.get(("baselines", tuple(shape)))
+        if u and b:
+            ratios.append({"shape": list(shape), "latency_baselines_over_unimed": round(b["latency_s"] / u["latency_s"], 3),
+                           "peak_baselines_over_unimed": round(b["peak_rss_mib"] / u["peak_rss_mib"], 3)})  # fmt: skip
+    throughput = training_throughput(mode, label_map)
+    return {
+        "mode": mode.name, "threads": torch.get_num_threads(), "repeats": mode.repeats,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor()},
+        "weights": "trained in this run (benchmarks.quality)" if weights else "random initialisation",
+        "inference": inference, "ratios": ratios, "training_samples_per_s": throughput,
+        "torchrun_cpu": ddp_scaling(mode),
+    }  # fmt: skip
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=sorted(MODES), default="quick")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--weights", type=Path, help="folder with unimed.pt and the baselines' weights")
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "VOLUME"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    mode = MODES[args.mode]
+    torch.set_num_threads(args.threads or mode.threads)
+    np.seterr(all="ignore")
+    if args.child:
+        print(json.dumps(_child(args.child[0], Path(args.child[1]), args.weights, args.repeats)))
+        return 0
+    atomic_write_json(RESULTS / "speed.json", run_speed(mode, args.weights))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
