@@ -38,11 +38,12 @@ def save_nifti(path, array, affine=AFFINE, slope=None):
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64])
 def test_integer_types_normalise_over_their_full_range_without_overflow(tmp_path, dtype):
     info = np.iinfo(dtype)
-    ramp = np.linspace(0.0, 1.0, int(np.prod(SHAPE))).reshape(SHAPE)
-    # the type's extremes at both ends: a subtraction or a sum in the type itself would wrap around
-    array = (float(info.min) + ramp * (float(info.max) - float(info.min))).astype(np.float64)
-    array = np.clip(array, info.min, info.max).astype(dtype)
-    array.flat[0], array.flat[-1] = info.min, info.max
+    # a ramp from the type's minimum to its maximum, in Python integers (float64 cannot hold 2**63 - 1):
+    # a subtraction or a sum in the type itself would wrap around
+    span = int(info.max) - int(info.min)
+    n = int(np.prod(SHAPE))
+    ramp = [min(int(info.min) + span * i // (n - 1), int(info.max)) for i in range(n)]
+    array = np.array(ramp, dtype=dtype).reshape(SHAPE)
     volume = read_image(save_nifti(tmp_path / "ints.nii.gz", array))
     assert volume.array.dtype == dtype  # integer data stay integer when read
     prepared = prepare_image(volume, spacing=(3.0, 3.0, 4.0))  # the same grid: no resampling

@@ -10,6 +10,7 @@ from unimed_slicer_helpers import load_volume_node
 slicer = pytest.importorskip("slicer")
 
 
+@pytest.mark.slow  # a unimed-infer subprocess (about 17 s); the CLI tests cover the same refusals quickly
 def test_constant_volume_fails_with_the_reason_and_leaves_the_scene_unchanged(mrml_scene, test_weights, tmp_path):
     from UniMed import UniMedLogic
     from UniMedLib import InferenceFailed
