@@ -18,7 +18,7 @@ from fastapi import HTTPException
 from lib.activelearning.uncertainty import UncertaintyStrategy
 from lib.annotations import check_mask_label, count_levels, datastore_items, item_levels, label_item
 from lib.infers.unimed import UniMedClassification, UniMedDetection, UniMedInteractive, UniMedSegmentation
-from lib.safety import SafeLocalDatastore, check_infer_image
+from lib.safety import SafeLocalDatastore, SafeSessions, check_infer_image
 from lib.scoring.uncertainty import UncertaintyScoring
 from lib.service import ModelService, ServiceConfig
 from lib.trainers.unimed import UniMedTrain
@@ -62,6 +62,12 @@ class UniMedApp(MONAILabelApp):
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
+
+    def _load_sessions(self, load=False):
+        """MONAI Label's sessions with uploaded archives checked before unpacking (``lib.safety``)."""
+        if not load:
+            return None
+        return SafeSessions(settings.MONAI_LABEL_SESSION_PATH, settings.MONAI_LABEL_SESSION_EXPIRY)
 
     def infer(self, request, datastore=None):
         """Refuse an ``image`` that is neither a datastore id nor a file the server made (``lib.safety``)."""

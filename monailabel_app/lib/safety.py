@@ -5,10 +5,12 @@ MONAI Label 0.8.5 turns request values into file paths without checking them:
 - ``PUT /datastore/?image=ID`` writes ``STUDIES/ID.ext`` and ``PUT /datastore/label?tag=TAG`` writes
   ``STUDIES/labels/TAG/ID.ext``: an id or tag like ``../../x`` writes outside the studies folder;
 - ``/infer/{model}?image=VALUE`` (or ``"image"`` inside the ``params`` JSON) uses ``VALUE`` as a path when a
-  file of that name exists on the server, so a client could have any volume on the machine read.
+  file of that name exists on the server, so a client could have any volume on the machine read;
+- ``PUT /session/?uncompress=true`` unpacks the upload with ``shutil.unpack_archive``, which on Python 3.11
+  extracts tar members named ``../x`` or absolute paths, and links, where they point.
 
 The app keeps MONAI Label's endpoints and checks these values first (:class:`SafeLocalDatastore` for the
-datastore writes, :func:`check_infer_image` for inference); a refusal is an HTTP 400 that says why. Paths
+datastore writes, :func:`check_infer_image` for inference, :class:`SafeSessions` for archives); a refusal is an HTTP 400 that says why. Paths
 the server creates itself stay allowed: uploaded files (``tempfile.NamedTemporaryFile`` names directly in
 the temporary folder) and session images under the sessions folder.
 """
@@ -17,14 +19,17 @@ from __future__ import annotations
 
 import os
 import re
+import tarfile
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from fastapi import HTTPException
 from monailabel.datastore.local import LocalDatastore
+from monailabel.utils.sessions import Sessions
 
-__all__ = ["check_name", "SafeLocalDatastore", "check_infer_image"]
+__all__ = ["check_name", "SafeLocalDatastore", "check_infer_image", "SafeSessions", "check_archive"]
 
 # tempfile.NamedTemporaryFile names: "tmp" + 8 characters of its random name alphabet, then the suffix
 _UPLOAD_NAME = re.compile(r"^tmp[a-z0-9_]{8}(\.[A-Za-z0-9.]+)?$")
@@ -95,3 +100,37 @@ def check_infer_image(image: object, datastore, session_roots: Iterable[str | Pa
             status_code=400,
             detail=f"image {image!r} refused: give an image id of the datastore or upload the file, not a path",
         )
+
+
+def _escapes(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
+
+
+def check_archive(path: str | Path) -> None:
+    """HTTP 400 unless every member of the tar or zip archive at ``path`` stays inside the extraction folder.
+
+    Refused: absolute names, ``..`` components, drive letters, and (tar) links and device files.
+    """
+    try:
+        if tarfile.is_tarfile(path):
+            with tarfile.open(path) as archive:
+                for member in archive.getmembers():
+                    if _escapes(member.name) or not (member.isfile() or member.isdir()):
+                        raise HTTPException(status_code=400, detail=f"archive member {member.name!r} refused")
+        elif zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for name in archive.namelist():
+                    if _escapes(name):
+                        raise HTTPException(status_code=400, detail=f"archive member {name!r} refused")
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as e:
+        raise HTTPException(status_code=400, detail=f"unreadable archive: {e}") from e
+
+
+class SafeSessions(Sessions):
+    """MONAI Label's sessions, with uploaded archives checked by :func:`check_archive` before unpacking."""
+
+    def add_session(self, data_file: str, expiry: int = 0, uncompress: bool = False, session_id=None):
+        if uncompress and not os.path.isdir(data_file):
+            check_archive(data_file)
+        return super().add_session(data_file, expiry, uncompress, session_id)

@@ -6,9 +6,13 @@ Label's client. Tests run in file order: concurrency first (on the initial weigh
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
+import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -172,6 +176,29 @@ def test_path_traversal_in_image_ids_and_label_names_is_refused(server, tmp_path
     with open(server.studies / "case_b.nii.gz", "rb") as f:
         ok = requests.post(f"{url}/infer/unimed_classification", files={"file": ("scan.nii.gz", f)}, timeout=120)
     assert ok.status_code == 200, ok.text[:300]
+    _alive(server)
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_session_archives_cannot_write_outside_their_folder(server):
+    escape = Path(tempfile.gettempdir()) / f"unimed_tar_escape_{uuid.uuid4().hex}.txt"
+    evil = _tar({"ok.txt": b"x", f"../{escape.name}": b"escaped"})  # unpacked into a folder of the temp dir
+    refused = requests.put(f"{server.url}/session/?uncompress=true", files={"files": ("evil.tar", evil)}, timeout=60)
+    assert refused.status_code == 400 and "refused" in refused.text, refused.text[:300]
+    assert not escape.exists()
+    volume = (server.studies / "case_a.nii.gz").read_bytes()
+    good = _tar({"case_a.nii.gz": volume})
+    accepted = requests.put(f"{server.url}/session/?uncompress=true", files={"files": ("ok.tar", good)}, timeout=60)
+    assert accepted.status_code == 200, accepted.text[:300]
     _alive(server)
 
 
