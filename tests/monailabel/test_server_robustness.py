@@ -22,6 +22,8 @@ import psutil
 import requests
 from monailabel_helpers import NOISE, STUDIES
 
+from unimed_core.paths import REPO_ROOT
+
 IMAGES = (*STUDIES, NOISE)
 
 
@@ -80,6 +82,13 @@ def test_server_listens_on_loopback_only(server):
     ]
     assert listening, "the server listens nowhere"
     assert {addr.ip for addr in listening} == {"127.0.0.1"}, listening
+
+
+def test_make_label_server_binds_loopback():
+    """What annotators run (README, docs/monailabel.md): MONAI Label's own default host is 0.0.0.0."""
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    recipe = makefile.split("\nlabel-server:", 1)[1].split("\n\n", 1)[0]
+    assert "start_server" in recipe and "--host 127.0.0.1" in recipe, recipe
 
 
 def test_eight_concurrent_inferences_twice_are_correct_with_bounded_memory(server, tmp_path):
