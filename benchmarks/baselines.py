@@ -183,12 +183,14 @@ def train_baseline(
             optimizer.step()
             step += 1
             if step % log_every == 0 or step == 1:
-                history.append({"step": step, "seconds": round(time.monotonic() - start_wall, 1), "loss": float(loss)})
+                history.append(
+                    {"step": step, "seconds": round(time.monotonic() - start_wall, 1), "loss": float(loss.detach())}
+                )
             if step >= max_steps or (time_budget_s and clock() - start_clock > time_budget_s):
                 break
         epoch += 1
     if not history or history[-1]["step"] != step:
-        history.append({"step": step, "seconds": round(time.monotonic() - start_wall, 1), "loss": float(loss)})
+        history.append({"step": step, "seconds": round(time.monotonic() - start_wall, 1), "loss": float(loss.detach())})
     return history
 
 
