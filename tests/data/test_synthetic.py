@@ -223,6 +223,18 @@ def test_main_writes_a_datalist(tmp_path, capsys):
         main(["--out", str(tmp_path), "--levels", "mask:1"])
 
 
+def test_main_lesion_radius_range(tmp_path):
+    """--lesion-radius bounds the lesions drawn (the CPU benchmark keeps those its 6 mm grid can resolve)."""
+    rc = main(["--out", str(tmp_path), "--cases", "4", "--seed", "1", "--shape", "64,64,60", "--spacing", "6",
+               "--levels", "mask=1", "--lesion-radius", "12,14"])  # fmt: skip
+    assert rc == 0
+    data = json.loads((tmp_path / "datalist.json").read_text())
+    sides = [np.subtract(b[3:], b[:3]) for item in data["training"] for b in item.get("boxes", [])]
+    assert sides and min(s.max() for s in sides) >= 12  # about 2 x 12 mm across, cut to whole voxels
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "bad"), "--lesion-radius", "9,3"])
+
+
 def test_256_cube_shape_and_dtype():
     case = generate_case(0, SyntheticConfig(shape=(256, 256, 256), spacing=(1.5, 1.5, 1.5)))
     assert case.image.shape == (256, 256, 256) and case.image.dtype == np.float32

@@ -57,11 +57,45 @@ def test_clicks_are_precise(parts):
 
 def test_gradients_reach_the_shared_table_and_every_parameter(parts):
     enc, table, tok = parts
-    prompts = [tok.encode_point_prompt([[0.2, 0.5, 0.7]], [True]), tok.encode_class_prompt(0)]
-    q, _ = enc(_pack(tok, prompts), table)
+    prompts = [tok.encode_point_prompt([[0.2, 0.5, 0.7], [0.6, 0.1, 0.2]], [True, False]), tok.encode_class_prompt(0)]
+    tokens = _pack(tok, prompts)
+    q, _ = enc(tokens, table)
+    q, _, _ = enc.ground(q, tokens, torch.randn(1, D, 4, 4, 4))
     q.square().sum().backward()
     assert table.weight.grad is not None and table.weight.grad.abs().sum() > 0
     assert [n for n, p in enc.named_parameters() if p.grad is None] == []
+
+
+def test_anchors_are_the_positive_clicks_mean_or_the_box_centre(parts):
+    enc, table, tok = parts
+    nb = tok.vocab.num_bins
+    c = [(i + 0.5) / nb for i in (1, 2, 3, 5, 6, 7)]  # bin centres: exact after quantisation
+    prompts = [
+        tok.encode_point_prompt([c[:3], c[3:], [c[1], c[1], c[1]]], [True, True, False]),
+        tok.encode_box_prompt(c),
+        tok.encode_class_prompt(1),
+    ]
+    pos, has_pos, neg, has_neg = enc.anchors(_pack(tok, prompts))
+    mid = torch.tensor([(a + b) / 2 for a, b in zip(c[:3], c[3:])])
+    assert has_pos.tolist() == [[True, True, False]] and has_neg.tolist() == [[True, False, False]]
+    assert torch.allclose(pos[0, 0], mid) and torch.allclose(pos[0, 1], mid)
+    assert torch.allclose(neg[0, 0], torch.tensor([c[1]] * 3))
+
+
+def test_grounding_samples_the_embedding_under_the_click(parts):
+    """Two clicks on different places of an embedding give queries that differ by what lies under them."""
+    enc, table, tok = parts
+    emb = torch.zeros(1, D, 4, 4, 4)
+    emb[0, :, 0, 0, 0] = 1.0  # one distinctive voxel at the first corner
+    prompts = [tok.encode_point_prompt([[0.1, 0.1, 0.1]], [True]), tok.encode_point_prompt([[0.9, 0.9, 0.9]], [True])]
+    tokens = _pack(tok, prompts)
+    q, _ = enc(tokens, table)
+    grounded, anchors, anchored = enc.ground(q, tokens, emb)
+    assert anchored.tolist() == [[True, True]]
+    delta = grounded - q
+    expected = enc.ground_positive.bias.expand(2, -1)  # zero embedding under the second click: only the bias
+    assert torch.allclose(delta[0, 1], expected[1], atol=1e-6)
+    assert not torch.allclose(delta[0, 0], expected[0], atol=1e-3)
 
 
 def test_bad_arguments(parts, vocab):

@@ -1,90 +1,42 @@
-"""Fixtures for the Slicer extension: a real MRML scene (PyPI ``slicer-core``), test weights, an oblique volume.
-
-``slicer-core`` gives Slicer's MRML libraries without Qt, so the scene and module logics are built here the way
-the Slicer application builds them, and ``slicer.modules.<name>.logic()`` is provided for ``slicer.util``.
-"""
+"""Fixtures for the Slicer extension: a real MRML scene (PyPI ``slicer-core``), the shipped weights, an oblique
+study."""
 
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
 
 import pytest
 from unimed_slicer_helpers import MODULE_DIR, oblique_affine
+from unimed_slicer_helpers import mrml_scene as make_mrml_scene
 
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
-SHAPE = (48, 46, 41)
-SPACING = (2.3, 2.4, 2.9)  # extents not whole multiples of the 2 mm working grid (see report)
+# The whole generated field of view (about 384 x 384 x 360 mm), as the shipped model was trained on; extents
+# that are not whole multiples of its 6 mm working grid, so that resampling back to this grid is exercised.
+SHAPE = (48, 50, 44)
+SPACING = (7.9, 7.7, 8.3)
 CASE_SEED = 3
-
-
-def _module_logics():
-    import slicer
-
-    return {
-        "colors": slicer.vtkSlicerColorLogic,
-        "volumes": slicer.vtkSlicerVolumesLogic,
-        "subjecthierarchy": slicer.vtkSlicerSubjectHierarchyModuleLogic,
-        "segmentations": slicer.vtkSlicerSegmentationsModuleLogic,
-        "markups": slicer.vtkSlicerMarkupsLogic,
-        "tables": slicer.vtkSlicerTablesLogic,
-    }
 
 
 @pytest.fixture(scope="module")
 def mrml_scene():
-    """A scene with Slicer's application logic and the module logics the extension uses."""
+    """A real MRML scene with the module logics the extension uses (see ``unimed_slicer_helpers.mrml_scene``)."""
     slicer = pytest.importorskip("slicer")
     if not hasattr(slicer, "vtkMRMLScene"):
         pytest.skip("the installed 'slicer' package is not slicer-core")
-    scene = slicer.vtkMRMLScene()
-    app_logic = slicer.vtkSlicerApplicationLogic()
-    app_logic.SetMRMLScene(scene)
-    modules = {}
-    for name, cls in _module_logics().items():
-        logic = cls()
-        logic.SetMRMLApplicationLogic(app_logic)
-        logic.SetMRMLScene(scene)
-        app_logic.SetModuleLogic(name, logic)
-        modules[name] = types.SimpleNamespace(logic=lambda logic=logic: logic)
-    previous = (getattr(slicer, "mrmlScene", None), getattr(slicer, "modules", None))
-    slicer.mrmlScene, slicer.modules = scene, types.SimpleNamespace(**modules)
-    yield scene
-    slicer.mrmlScene, slicer.modules = previous
-    scene.Clear(1)
-
-
-def make_test_weights(path: Path) -> Path:
-    """Random weights with sharpened heads so that the plumbing has something to carry.
-
-    Plain random initialisation labels the whole volume with one class and detects nothing; scaling the class
-    projection and the mask embedding makes queries confident and masks spatially varied: with this seed
-    and volume, ``unimed-infer`` writes a tumour segment, tumour boxes and both image classes.
-    """
-    import torch
-
-    from unimed_core.model.factory import unimed_small
-    from unimed_core.model.weights import save_weights
-
-    torch.manual_seed(3)
-    model = unimed_small()
-    decoder = model.decomposed_decoder
-    with torch.no_grad():
-        decoder.class_proj.weight.mul_(10.0)
-        decoder.class_proj.bias.zero_()
-        last = [m for m in decoder.mask_embed.modules() if isinstance(m, torch.nn.Linear)][-1]
-        last.weight.mul_(300.0)
-        last.bias.mul_(300.0)
-    save_weights(model, path)
-    return path
+    with make_mrml_scene() as scene:
+        yield scene
 
 
 @pytest.fixture(scope="session")
-def test_weights(tmp_path_factory) -> Path:
-    return make_test_weights(tmp_path_factory.mktemp("weights") / "model.pt")
+def shipped_weights() -> Path:
+    """The bundle's trained weights, which the extension uses by default (not skipped: the repository ships them)."""
+    from unimed_core.paths import DEFAULT_WEIGHTS
+
+    assert DEFAULT_WEIGHTS.is_file(), f"the shipped weights are missing: {DEFAULT_WEIGHTS}"
+    return DEFAULT_WEIGHTS
 
 
 @pytest.fixture(scope="session")
@@ -97,5 +49,21 @@ def oblique_case(tmp_path_factory):
     affine = oblique_affine(SHAPE, SPACING)
     case = generate_case(CASE_SEED, SyntheticConfig(shape=SHAPE, spacing=SPACING, orientation=affine))
     path = tmp_path_factory.mktemp("oblique") / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(case.image, case.affine), str(path))
+    return path, case
+
+
+@pytest.fixture(scope="session")
+def permuted_case(tmp_path_factory):
+    """``(path, case)``: a synthetic CT-like study whose array axes run P, L, S (a non-identity direction matrix
+    without rotation, as scanners write). The shipped model was trained on axis-aligned studies only, so click
+    coverage is checked here; the oblique study checks geometry."""
+    import nibabel as nib
+
+    from unimed_core.data.synthetic import SyntheticConfig, generate_case
+
+    shape, spacing = (SHAPE[1], SHAPE[0], SHAPE[2]), (SPACING[1], SPACING[0], SPACING[2])
+    case = generate_case(CASE_SEED, SyntheticConfig(shape=shape, spacing=spacing, orientation="PLS"))
+    path = tmp_path_factory.mktemp("permuted") / "ct.nii.gz"
     nib.save(nib.Nifti1Image(case.image, case.affine), str(path))
     return path, case

@@ -16,7 +16,7 @@ nib = pytest.importorskip("nibabel")
 
 
 @pytest.fixture(scope="module")
-def run(mrml_scene, oblique_case, test_weights, tmp_path_factory):
+def run(mrml_scene, oblique_case, shipped_weights, tmp_path_factory):
     """The Logic's run on the volume node, and ``unimed-infer``'s own run on the original NIfTI."""
     from UniMed import UniMedLogic
 
@@ -24,7 +24,7 @@ def run(mrml_scene, oblique_case, test_weights, tmp_path_factory):
 
     path, case = oblique_case
     node = load_volume_node(path)
-    logic = UniMedLogic(weights=str(test_weights))
+    logic = UniMedLogic(weights=str(shipped_weights))
     progress, messages = [], []
     start = time.perf_counter()
     result = logic.process(
@@ -33,7 +33,9 @@ def run(mrml_scene, oblique_case, test_weights, tmp_path_factory):
     seconds = time.perf_counter() - start
     reference = tmp_path_factory.mktemp("cli")
     assert (
-        infer_main([str(path), "--out", str(reference), "--weights", str(test_weights), "--device", "cpu", "--quiet"])
+        infer_main(
+            [str(path), "--out", str(reference), "--weights", str(shipped_weights), "--device", "cpu", "--quiet"]
+        )
         == 0
     )
     labels = nib.load(str(reference / "ct_seg.nii.gz"))
@@ -69,8 +71,8 @@ def test_volume_node_has_the_oblique_geometry(run):
 
 def test_cli_output_is_not_trivial(run):
     """Guards the fixture: otherwise the comparisons below would compare empty things."""
-    assert len(np.unique(run["labels"])) >= 2, "test weights gave no segment"
-    assert run["boxes"], "test weights gave no detection"
+    assert len(np.unique(run["labels"])) >= 2, "the shipped weights gave no segment"
+    assert run["boxes"], "the shipped weights gave no detection"
     assert run["classes"]
 
 

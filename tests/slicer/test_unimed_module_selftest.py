@@ -8,9 +8,9 @@ pytest.importorskip("slicer")
 
 
 @pytest.mark.slow
-def test_module_self_test_runs(mrml_scene, test_weights, monkeypatch):
+def test_module_self_test_runs(mrml_scene, shipped_weights, monkeypatch):
     from UniMed import UniMedTest
 
-    monkeypatch.setattr(UniMedTest, "weights", str(test_weights))
+    monkeypatch.setattr(UniMedTest, "weights", str(shipped_weights))
     case = UniMedTest("runTest")
     case.runTest()

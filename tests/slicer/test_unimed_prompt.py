@@ -1,8 +1,7 @@
 """Click prompts through UniMedLogic: a point inside a structure gives a segment on the input grid.
 
-With the test weights only the plumbing can be checked (a mask comes back on the right grid and becomes a
-segment equal to what the subprocess wrote). Whether the segment *covers* the structure needs trained weights:
-that part runs when ``bundle/models/model.pt`` exists and is marked ``slow``.
+With the shipped weights (the extension's default): the mask comes back on the input's grid (axes P, L, S), becomes
+a segment equal to what the subprocess wrote, and covers the clicked liver.
 """
 
 from __future__ import annotations
@@ -15,6 +14,9 @@ from scipy import ndimage
 from unimed_slicer_helpers import ijk_to_ras, load_volume_node, segment_image_to_world
 
 slicer = pytest.importorskip("slicer")
+# The shipped model's held-out click Dice on the liver is 0.72 (benchmarks/results/learning.md); it over-segments
+# rather than misses, so most of the liver must be covered, at a Dice that still rules out "everything".
+CLICK_COVERED, CLICK_DICE = 0.75, 0.5
 nib = pytest.importorskip("nibabel")
 
 
@@ -30,6 +32,14 @@ def _click_inside(label: np.ndarray, affine: np.ndarray, value: int) -> tuple[np
     return (affine @ np.array([*ijk, 1.0]))[:3], structure
 
 
+def _on_grid(mask: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, shape) -> np.ndarray:
+    """``mask`` sampled at the voxels of another grid covering the same voxels (axes permuted or reversed)."""
+    ijk = np.indices(shape).reshape(3, -1)
+    world = target_affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
+    source = np.rint(np.linalg.inv(affine) @ world)[:3].astype(int)
+    return mask[tuple(source)].reshape(shape)
+
+
 def _run_click(case_path, case, weights):
     from UniMed import UniMedLogic
 
@@ -43,15 +53,15 @@ def _run_click(case_path, case, weights):
     return node, result, structure
 
 
-def test_click_prompt_gives_a_segment_on_the_input_grid(mrml_scene, oblique_case, test_weights):
-    path, case = oblique_case
-    node, result, _ = _run_click(path, case, test_weights)
+def test_click_prompt_segments_the_clicked_structure_on_the_input_grid(mrml_scene, permuted_case):
+    path, case = permuted_case
+    node, result, structure = _run_click(path, case, None)  # None: the shipped weights
     try:
         written = nib.load(str(result.outputDir / "out" / "input_click.nii.gz"))
         mask = np.asarray(written.dataobj) > 0
         assert mask.shape == case.image.shape
         np.testing.assert_allclose(written.affine, ijk_to_ras(node), atol=1e-3)
-        assert mask.any(), "the test weights gave an empty prompt mask: nothing to carry"
+        assert mask.any(), "the click gave an empty mask"
         segmentation_node = result.segmentationNode
         segment = segmentation_node.GetSegmentation().GetSegment(result.promptSegmentId)
         assert segment is not None and segment.GetName() == "UniMed prompt 1"
@@ -61,22 +71,10 @@ def test_click_prompt_gives_a_segment_on_the_input_grid(mrml_scene, oblique_case
         array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, result.promptSegmentId, node)
         np.testing.assert_array_equal(array.transpose(2, 1, 0) > 0, mask)
         assert result.tableNode is None and not result.roiNodes
-    finally:
-        shutil.rmtree(result.outputDir, ignore_errors=True)
-
-
-@pytest.mark.slow
-def test_click_prompt_covers_the_structure_with_trained_weights(mrml_scene, oblique_case):
-    from unimed_core.paths import DEFAULT_WEIGHTS
-
-    if not DEFAULT_WEIGHTS.is_file():
-        pytest.skip(f"no trained weights at {DEFAULT_WEIGHTS}")
-    path, case = oblique_case
-    node, result, structure = _run_click(path, case, None)
-    try:
-        array = slicer.util.arrayFromSegmentBinaryLabelmap(result.segmentationNode, result.promptSegmentId, node)
-        mask = array.transpose(2, 1, 0) > 0
-        dice = 2 * np.logical_and(mask, structure).sum() / (mask.sum() + structure.sum())
-        assert dice >= 0.5, f"Dice {dice:.2f} of the clicked liver"
+        # Slicer stores a left-handed grid (this P, L, S one) with its last axis reversed, so the written mask is
+        # on the node's grid: compare it with the structure voxel by voxel through world coordinates.
+        overlap = np.logical_and(_on_grid(mask, written.affine, case.affine, structure.shape), structure).sum()
+        dice, covered = 2 * overlap / (mask.sum() + structure.sum()), overlap / structure.sum()
+        assert covered >= CLICK_COVERED and dice >= CLICK_DICE, f"covers {covered:.2f} of the liver, Dice {dice:.2f}"
     finally:
         shutil.rmtree(result.outputDir, ignore_errors=True)

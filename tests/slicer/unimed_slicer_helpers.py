@@ -2,13 +2,57 @@
 
 from __future__ import annotations
 
+import types
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "slicer_extension" / "UniMed"
 
-__all__ = ["MODULE_DIR", "oblique_affine", "load_volume_node", "ijk_to_ras", "segment_image_to_world"]
+__all__ = ["MODULE_DIR", "mrml_scene", "oblique_affine", "load_volume_node", "ijk_to_ras", "segment_image_to_world"]
+
+
+def _module_logics():
+    import slicer
+
+    return {
+        "colors": slicer.vtkSlicerColorLogic,
+        "volumes": slicer.vtkSlicerVolumesLogic,
+        "subjecthierarchy": slicer.vtkSlicerSubjectHierarchyModuleLogic,
+        "segmentations": slicer.vtkSlicerSegmentationsModuleLogic,
+        "markups": slicer.vtkSlicerMarkupsLogic,
+        "tables": slicer.vtkSlicerTablesLogic,
+    }
+
+
+@contextmanager
+def mrml_scene():
+    """A scene with Slicer's application logic and the module logics the extension uses.
+
+    ``slicer-core`` gives Slicer's MRML libraries without Qt, so the scene and module logics are built here the way
+    the Slicer application builds them, and ``slicer.mrmlScene`` / ``slicer.modules.<name>.logic()`` are set for
+    ``slicer.util`` while the context lasts.
+    """
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    modules = {}
+    for name, cls in _module_logics().items():
+        logic = cls()
+        logic.SetMRMLApplicationLogic(app_logic)
+        logic.SetMRMLScene(scene)
+        app_logic.SetModuleLogic(name, logic)
+        modules[name] = types.SimpleNamespace(logic=lambda logic=logic: logic)
+    previous = (getattr(slicer, "mrmlScene", None), getattr(slicer, "modules", None))
+    slicer.mrmlScene, slicer.modules = scene, types.SimpleNamespace(**modules)
+    try:
+        yield scene
+    finally:
+        slicer.mrmlScene, slicer.modules = previous
+        scene.Clear(1)
 
 
 def load_volume_node(path: Path, name: str = "ct"):

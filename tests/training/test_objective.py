@@ -131,6 +131,8 @@ def test_mixed_batch_gives_exactly_the_allowed_terms_in_one_forward():
             "loss_sequence",
             "loss_sequence_mask_bce",
             "loss_sequence_mask_dice",
+            "loss_class_mask_bce",
+            "loss_class_mask_dice",
             "loss_mvm",
         }
     )
@@ -141,6 +143,31 @@ def test_mixed_batch_gives_exactly_the_allowed_terms_in_one_forward():
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)  # every head reached, even where a term is absent
     assert sum(g.abs().sum() for g in grads) > 0
+
+
+def test_class_masks_are_taught_only_where_masks_exist():
+    """Boxes-only, image-label-only and unlabelled samples have no semantic mask: no class-mask term."""
+    images, targets = _mixed_batch()
+    model = _tiny_model()
+    _, without_masks = _objective()(model, images[1:], targets[1:], torch.Generator().manual_seed(0))
+    assert not any(k.startswith("loss_class_mask") for k in without_masks)
+    _, with_masks = _objective()(model, images[:1], targets[:1], torch.Generator().manual_seed(0))
+    assert {"loss_class_mask_bce", "loss_class_mask_dice"} <= set(with_masks)
+
+
+def test_class_mask_term_falls_when_a_class_token_mask_matches_its_class():
+    """The term scores the class-token masks against the semantic mask: perfect logits give a lower loss."""
+    images, targets = _mixed_batch()
+    objective = _objective()
+    model = _tiny_model()
+    logits = model(images[:1]).class_mask_logits.detach()
+    ids = torch.tensor([LABEL_MAP.class_index_to_mask_id(c) or -1 for c in range(logits.shape[1])])
+    small = torch.nn.functional.interpolate(targets[0].semantic[None, None].float(), size=logits.shape[2:])[0, 0]
+    perfect = torch.where(small.long()[None, None] == ids.view(1, -1, 1, 1, 1), 20.0, -20.0)
+    g = torch.Generator().manual_seed(0)
+    good = objective._class_mask_terms(perfect, targets[:1], g)
+    bad = objective._class_mask_terms(-perfect, targets[:1], torch.Generator().manual_seed(0))
+    assert good["loss_class_mask_dice"] < 0.2 < 0.8 < bad["loss_class_mask_dice"]
 
 
 def test_unlabelled_volumes_contribute_only_mvm():

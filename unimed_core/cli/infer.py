@@ -55,9 +55,11 @@ def build_predictor(weights: str | Path = DEFAULT_WEIGHTS, device: str = "auto",
     label_map = LabelMap.from_metadata(BUNDLE_DIR / "configs" / "metadata.json")
     factory = {"small": unimed_small, "base": unimed_base}[variant]
     model = load_weights(factory(label_map), weights)
-    # the working grid the weights were trained on: one place, the bundle's inference config
+    # the working grid the weights were trained on and the benchmark's choices of output paths: one place, the
+    # bundle's inference config
     config = ConfigParser.load_config_file(BUNDLE_DIR / "configs" / "inference.json")
-    kwargs = {"spacing": config["spacing"], "roi_size": config["roi_size"], **kwargs}
+    chosen = {k: config["predictor"][k] for k in ("detection_path", "semantic_source") if k in config["predictor"]}
+    kwargs = {"spacing": config["spacing"], "roi_size": config["roi_size"], **chosen, **kwargs}
     return UniMedPredictor(model, label_map, device=device, amp=device.startswith("cuda"), **kwargs)
 
 

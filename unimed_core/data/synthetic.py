@@ -792,6 +792,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--levels", type=_levels, default=None, help="e.g. mask=0.4,boxes=0.2,class=0.2,none=0.2")
     parser.add_argument("--validation", type=int, default=None, help="validation cases (default 10%%)")
     parser.add_argument("--test", type=int, default=None, help="test cases (default 10%%)")
+    parser.add_argument(
+        "--lesion-radius", type=lambda t: _floats(t, 2), default=SyntheticConfig.lesion_radius_mm,
+        help="lesion radius range mm MIN,MAX (default %(default)s)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         path = generate_dataset(
@@ -799,6 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shape=None if min(args.shape) == 0 else args.shape, spacing=args.spacing, spacing_max=args.spacing_max,
             fov_mm=args.fov, orientations=tuple(args.orientations.split(",")), levels=args.levels,
             n_validation=args.validation, n_test=args.test,
+            base_config=SyntheticConfig(lesion_radius_mm=tuple(args.lesion_radius)),
         )  # fmt: skip
     except ValueError as e:
         parser.error(str(e))

@@ -76,6 +76,9 @@ class UniMedPredictor:
         score_threshold: minimal detection score kept.
         nms_iou: IoU of per-class non-maximum suppression across queries and windows.
         detection_path: "decomposed" (per-query box tokens) or "composed" (generated DET sequence).
+        semantic_source: where the label volume's per-class scores come from: "queries" (Mask2Former's
+            ``sum_q p_q(c) * sigmoid(mask_q)``), "class_tokens" (each class token's own mask,
+            ``UniMed.class_masks``) or "both" (their mean).
         max_working_voxels: refuse volumes whose working grid exceeds this many voxels (memory bound).
 
     Example:
@@ -97,6 +100,7 @@ class UniMedPredictor:
         nms_iou: float = 0.3,
         detection_path: str = "decomposed",
         max_working_voxels: int = 512**3,
+        semantic_source: str = "queries",
     ) -> None:
         if len(roi_size) != 3 or any(int(r) <= 0 or int(r) % 16 for r in roi_size):
             raise ValueError(f"roi_size must be three positive multiples of 16, got {roi_size}")
@@ -112,6 +116,9 @@ class UniMedPredictor:
         self.overlap, self.device, self.amp = overlap, torch.device(device), amp
         self.mask_threshold, self.score_threshold, self.nms_iou = mask_threshold, score_threshold, nms_iou
         self.detection_path = detection_path
+        if semantic_source not in ("queries", "class_tokens", "both"):
+            raise ValueError(f"semantic_source must be 'queries', 'class_tokens' or 'both', got {semantic_source!r}")
+        self.semantic_source = semantic_source
         self.max_working_voxels = max_working_voxels
         num_fg = label_map.num_mask_classes - 1
         self._mask_classes = list(range(num_fg))  # class index i ↔ mask id i + 1
@@ -161,7 +168,7 @@ class UniMedPredictor:
                 embeddings, levels = self.model.encode(patch)
                 out = self.model.decode(embeddings, levels)
                 generated = self._generate_detections(embeddings, out) if self.detection_path == "composed" else None
-            scores = self._semantic_scores(out)
+            scores = self._semantic_scores(out, embeddings)
             for b, sl in enumerate(slices):
                 offset = [s.start for s in sl[2:]]
                 windows.append(self._window_results(out, b, patch.shape[2:], offset, generated))
@@ -186,11 +193,17 @@ class UniMedPredictor:
         probs = self._image_probabilities(windows)
         return Prediction(restored, prepared.source_affine.copy(), boxes, box_labels, box_scores, probs)
 
-    def _semantic_scores(self, out) -> torch.Tensor:
-        latent = out.layout.latent
-        cls = out.class_logits[:, latent].float().softmax(-1)[..., self._mask_classes]  # (B, N, K)
-        masks = out.mask_logits[:, latent].float().sigmoid()  # (B, N, D', H', W')
-        return torch.einsum("bnk,bndhw->bkdhw", cls, masks)
+    def _semantic_scores(self, out, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, K, D', H', W') per-class scores in [0, 1] from ``semantic_source``."""
+        parts = []
+        if self.semantic_source in ("queries", "both"):
+            latent = out.layout.latent
+            cls = out.class_logits[:, latent].float().softmax(-1)[..., self._mask_classes]  # (B, N, K)
+            masks = out.mask_logits[:, latent].float().sigmoid()  # (B, N, D', H', W')
+            parts.append(torch.einsum("bnk,bndhw->bkdhw", cls, masks))
+        if self.semantic_source in ("class_tokens", "both"):
+            parts.append(self.model.class_masks(embeddings)[:, self._mask_classes].float().sigmoid())
+        return sum(parts) / len(parts)
 
     def _labels_from_scores(self, scores: torch.Tensor, wanted: set[int] | None) -> torch.Tensor:
         if wanted is not None:

@@ -197,6 +197,8 @@ class DecomposedDecoder(nn.Module):
         class_embed: torch.Tensor,
         prompt_queries: torch.Tensor | None = None,
         prompt_present: torch.Tensor | None = None,
+        prompt_anchors: torch.Tensor | None = None,
+        prompt_anchored: torch.Tensor | None = None,
     ) -> DecomposedOutput:
         """Decode the input queue against the pixel decoder's outputs.
 
@@ -207,6 +209,10 @@ class DecomposedDecoder(nn.Module):
             prompt_queries: (B, P, d) prompt queries, or None for none.
             prompt_present: (B, P) bool, False for absent prompts (masked out of self-attention); default all
                 present.
+            prompt_anchors: (B, P, 3) normalised points the prompts refer to (``PromptEncoder.ground``), or None.
+                An anchored prompt's positional encoding is the memory's own encoding at that point, so its
+                cross-attention starts out looking near the click.
+            prompt_anchored: (B, P) bool, which prompts have an anchor; default all when anchors are given.
 
         Returns:
             the :class:`DecomposedOutput` of the last layer, with the earlier predictions in ``aux``.
@@ -234,7 +240,16 @@ class DecomposedDecoder(nn.Module):
             if prompt_queries.ndim != 3 or prompt_queries.shape[0] != b or prompt_queries.shape[2] != d:
                 raise ValueError(f"prompt_queries must be (B={b}, P, {d}), got {tuple(prompt_queries.shape)}")
             feats.append(prompt_queries)
-            pos.append(self.prompt_pos.expand(b, num_prompt, -1))
+            prompt_pos = self.prompt_pos.expand(b, num_prompt, -1)
+            if prompt_anchors is not None:
+                if prompt_anchors.shape != (b, num_prompt, 3):
+                    raise ValueError(
+                        f"prompt_anchors must be (B={b}, P={num_prompt}, 3), got {tuple(prompt_anchors.shape)}"
+                    )
+                anchored = torch.ones(b, num_prompt, 1) if prompt_anchored is None else prompt_anchored.unsqueeze(-1)
+                pe = self.position(prompt_anchors.float()).to(prompt_pos.dtype)
+                prompt_pos = prompt_pos + pe * anchored.to(device=pe.device, dtype=pe.dtype)
+            pos.append(prompt_pos)
             if prompt_present is not None:
                 if prompt_present.shape != prompt_queries.shape[:2]:
                     raise ValueError(

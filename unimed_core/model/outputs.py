@@ -89,6 +89,8 @@ class UniMedOutput:
         composed: teacher-forced sequence outputs, when target sequences were given.
         reconstruction: (B, 1, D, H, W) reconstruction of the input from the *masked* input's encoder
             features (masked volume modelling), when a volume mask was given.
+        class_mask_logits: (B, C, D', H', W') the mask of every class token through the shared pixel path,
+            ``mask_embed(emb[class_token(c)]) · E``: what the vocabulary's class c looks like in this volume.
         embedding_stride: the stride of ``E`` relative to the input (masks are upsampled by it).
     """
 
@@ -96,3 +98,4 @@ class UniMedOutput:
     composed: ComposedOutput | None = None
     reconstruction: torch.Tensor | None = None
     embedding_stride: int = 1
+    class_mask_logits: torch.Tensor | None = None

@@ -171,8 +171,22 @@ class UniMed(nn.Module):
     ) -> DecomposedOutput:
         """Run the prompt encoder and the decomposed decoder on encoded features."""
         queries, present = self._prompt_queries(prompts, embeddings.shape[0])
+        anchors, anchored = None, None
+        if queries is not None:
+            queries, anchors, anchored = self.prompt_encoder.ground(queries, prompts.tokens, embeddings)
         class_embed = self.token_embedding(self.class_token_ids)
-        return self.decomposed_decoder(levels, embeddings, class_embed, queries, present)
+        return self.decomposed_decoder(levels, embeddings, class_embed, queries, present, anchors, anchored)
+
+    def class_masks(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, C, D', H', W') mask logits of every class token (no decoder layers: the token itself as query).
+
+        Trained against each class's semantic mask wherever a sample has masks, this dense term teaches ``E`` and
+        the shared class embeddings to separate the classes voxel by voxel from the first steps, which the
+        set-matched queries (Mask2Former's slow start) and the class prompts then build on.
+        """
+        b = embeddings.shape[0]
+        class_embed = self.token_embedding(self.class_token_ids)
+        return self.decomposed_decoder.masks_from_hidden(class_embed.expand(b, -1, -1), embeddings)
 
     def _memory_mask(self, decomposed: DecomposedOutput, prompts: PromptBatch | None) -> torch.Tensor | None:
         """(B, Q) bool memory mask hiding absent prompt queries from the composed decoder, or None."""
@@ -219,6 +233,7 @@ class UniMed(nn.Module):
             self._prompt_queries(prompts, image.shape[0])  # raises with the reason, before any heavy work
         embeddings, levels = self.encode(image)
         decomposed = self.decode(embeddings, levels, prompts)
+        class_masks = self.class_masks(embeddings)
 
         composed = None
         if sequences is not None:
@@ -255,6 +270,7 @@ class UniMed(nn.Module):
             composed=composed,
             reconstruction=reconstruction,
             embedding_stride=self.embedding_stride,
+            class_mask_logits=class_masks,
         )
 
     # ------------------------------------------------------------------ inference

@@ -36,6 +36,8 @@ DEFAULT_LOSS_WEIGHTS = {
     "loss_sequence": 1.0,
     "loss_sequence_mask_bce": 2.0,
     "loss_sequence_mask_dice": 2.0,
+    "loss_class_mask_bce": 2.0,
+    "loss_class_mask_dice": 2.0,
     "loss_mvm": 0.2,
 }
 

@@ -12,6 +12,7 @@ term                            computed from
 ``loss_prompt_mask_bce/dice``   prompt queries' masks against the masks their prompts target
 ``loss_sequence``               next-token CE of the composed decoder
 ``loss_sequence_mask_bce/dice`` masks decoded at MASK tokens against their class's semantic mask
+``loss_class_mask_bce/dice``    every class token's mask against its class's semantic mask (samples with masks)
 ``loss_mvm``                    masked volume modelling, every volume (only when its weight is > 0)
 ==============================  ==========================================================================
 
@@ -142,6 +143,27 @@ class JointObjective:
     def _class_of_token(self, token: int) -> int | None:
         return self.vocab.class_index(token) if self.vocab.is_class(token) else None
 
+    def _class_mask_terms(
+        self, logits: torch.Tensor, targets: Sequence[Target], generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
+        """BCE + Dice of each class token's mask against that class's semantic mask, on samples with masks.
+
+        A class absent from a fully annotated sample is a real negative (an empty target), so every class of
+        every masked sample counts.
+        """
+        rows = [i for i, t in enumerate(targets) if t.has_mask]
+        if not rows:
+            return {}
+        # A class without a mask label (image-level only) gets id -1, which no voxel has: an empty target.
+        ids = [self.label_map.class_index_to_mask_id(c) for c in range(logits.shape[1])]
+        ids = torch.tensor([-1 if i is None else i for i in ids])
+        semantic = torch.stack([targets[i].semantic for i in rows]).to(logits.device)  # (R, D, H, W)
+        tgt = (semantic.unsqueeze(1) == ids.to(logits.device).view(1, -1, 1, 1, 1)).flatten(0, 1)
+        pred = logits[rows].flatten(0, 1).float()
+        p, t = self.criterion.mask_sampler.for_loss(pred, tgt, generator)
+        n = float(pred.shape[0])
+        return {"loss_class_mask_bce": sigmoid_bce_loss(p, t, n), "loss_class_mask_dice": dice_loss(p, t, n)}
+
     def __call__(
         self,
         model: nn.Module,
@@ -207,6 +229,8 @@ class JointObjective:
             terms.update(
                 sequence_loss(out.composed, sequences, slots, self.vocab.pad, self.criterion.mask_sampler, generator)
             )
+        if out.class_mask_logits is not None:
+            terms.update(self._class_mask_terms(out.class_mask_logits, targets, generator))
         if volume_mask is not None and out.reconstruction is not None:
             terms.update(mvm_loss(out.reconstruction, images, volume_mask, self.mvm_kind))
 
@@ -226,6 +250,7 @@ def _zero_touch(out: UniMedOutput, device: torch.device) -> torch.Tensor:
     """
     dec = out.decomposed
     parts = [dec.class_logits, dec.mask_logits, dec.box_logits, dec.image_logits, out.reconstruction]
+    parts.append(out.class_mask_logits)
     if out.composed is not None:
         parts += [out.composed.token_logits, out.composed.mask_logits]
     for aux in dec.aux:
