@@ -117,7 +117,7 @@ def train_unimed(
     wall, cpu = time.monotonic(), time.process_time()
     history = fit(
         model, items, label_map, patch_size=PATCH, spacing=SPACING, max_steps=_STEPS_CACHE[key],
-        time_budget_s=mode.budget_s, time_budget_clock="process", weights=weights, seed=seed, log_every=10,
+        time_budget_s=mode.budget_s, time_budget_clock="process", weights=weights, seed=seed, log_every=1,
     )  # fmt: skip
     facts = {
         "steps": history[-1]["step"] if history else 0,

@@ -104,7 +104,7 @@ def _speed(s: dict) -> list[str]:
 
 def verdict(quality: dict | None, claims: dict | None, speed: dict | None) -> list[str]:
     """Plain sentences: where UniMed wins, where it loses, by how much (from the numbers alone)."""
-    wins, losses = [], []
+    wins, losses, neutral = [], [], []
     if quality:
         for task, h in quality["headline"].items():
             u, b = h["unimed"], h["baseline"]
@@ -118,7 +118,8 @@ def verdict(quality: dict | None, claims: dict | None, speed: dict | None) -> li
                 continue
             text = f"claim '{r['claim']}' on {r['metric']}: {r['a']} {r['a_value']:.3f} vs {r['b']} {r['b_value']:.3f}"
             holds = r["difference"] > 0
-            if r["claim"] == "zero-shot CT -> MR":  # holds when the transfer gap is small, reported as measured
+            if r["claim"] == "zero-shot CT -> MR":  # a transfer gap, not a contest: reported as measured
+                neutral.append(text + f" (difference {r['difference']:+.3f})")
                 continue
             (wins if holds else losses).append(text + (" (holds)" if holds else " (does not hold here)"))
     if speed:
@@ -131,6 +132,8 @@ def verdict(quality: dict | None, claims: dict | None, speed: dict | None) -> li
     lines += [f"- {w}" for w in wins] or ["- nothing measured"]
     lines += ["", "UniMed loses or the claim does not hold:", ""]
     lines += [f"- {x}" for x in losses] or ["- nothing measured"]
+    if neutral:
+        lines += ["", "Zero-shot transfer, as measured:", ""] + [f"- {x}" for x in neutral]
     return lines + [""]
 
 

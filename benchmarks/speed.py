@@ -177,6 +177,7 @@ def run_speed(mode: Mode, weights: Path | None) -> dict:
     label_map = LabelMap.default()
     folder = Path("data/bench_speed")
     folder.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()  # other jobs on a shared machine inflate latencies: record how busy it was
     inference = measure_inference(mode, folder, weights)
     by = {(r["model"], tuple(r["shape"])): r for r in inference if "error" not in r}
     ratios = []
@@ -188,7 +189,8 @@ def run_speed(mode: Mode, weights: Path | None) -> dict:
     throughput = training_throughput(mode, label_map)
     return {
         "mode": mode.name, "threads": torch.get_num_threads(), "repeats": mode.repeats,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor(),
+                    "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
         "weights": "trained in this run (benchmarks.quality)" if weights else "random initialisation",
         "inference": inference, "ratios": ratios, "training_samples_per_s": throughput,
         "torchrun_cpu": ddp_scaling(mode),
