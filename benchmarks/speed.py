@@ -12,8 +12,8 @@ Method (so that the numbers mean one thing):
   (SegResNet, RetinaNet, DenseNet121) after one shared preparation.
 - Latency: the median over ``mode.repeats`` timed calls after one warm-up call.
 - Peak memory: each (model, size) runs in its own fresh process, and we read the kernel's high-water mark of
-  its resident set (``resource.getrusage(...).ru_maxrss``): it counts everything torch, numpy and MONAI
-  allocate, which ``tracemalloc`` (Python allocations only) would miss. We report the peak and the RSS just
+  its resident set (``VmHWM`` in ``/proc/self/status``, which starts afresh at ``exec``): it counts everything
+  torch, numpy and MONAI allocate, which ``tracemalloc`` (Python allocations only) would miss. We report the peak and the RSS just
   before the first call (model loaded, volume read), whose difference is what inference itself needs.
 - Training throughput: samples per second over ``mode.train_steps`` steps (batch 2, 64^3 patches) after two
   warm-up steps that also load the cases.
@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -70,12 +69,22 @@ def make_volume(folder: Path, shape: tuple[int, int, int], seed: int = 0) -> Pat
 
 
 def _rss_mib(kib: float) -> float:
-    return round(kib / 1024.0, 1)  # Linux reports ru_maxrss in KiB
+    return round(kib / 1024.0, 1)  # /proc reports kB
+
+
+def _status_kib(field: str) -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return float(next(line for line in f if line.startswith(f"{field}:")).split()[1])
 
 
 def _current_rss_kib() -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        return float(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+    return _status_kib("VmRSS")
+
+
+def _peak_rss_kib() -> float:
+    """This process's resident high-water mark. ``VmHWM``, not ``ru_maxrss``: the latter survives ``exec``, so a
+    child started by a parent holding 1.8 GB (``make bench`` after training) reports at least that."""
+    return _status_kib("VmHWM")
 
 
 def _predictor(name: str, label_map: LabelMap, weights: Path | None):
@@ -104,7 +113,7 @@ def _child(name: str, volume_path: Path, weights: Path | None, repeats: int) -> 
         predictor.predict(volume)
         times.append(time.perf_counter() - start)
         parts.append(dict(getattr(predictor, "timings", {})))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_rss_kib()
     part_medians = {k: round(statistics.median(p[k] for p in parts), 3) for k in (parts[0] if parts else {})}
     return {"model": name, "shape": list(volume.shape), "latency_s": round(statistics.median(times), 3),
             "latencies_s": [round(t, 3) for t in times], "parts_s": part_medians,
