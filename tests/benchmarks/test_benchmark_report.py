@@ -59,3 +59,19 @@ def test_report_has_the_table_rows_and_a_verdict_from_the_numbers(tmp_path):
 def test_report_without_results_still_writes_a_page(tmp_path):
     text = build_report(tmp_path, tmp_path / "b.md", plots=False)
     assert text.startswith("# UniMed benchmarks") and "nothing measured" in text
+
+
+def test_verdict_calls_differences_under_the_tolerance_even():
+    from benchmarks.report import METRIC_TOLERANCE, RATIO_TOLERANCE, verdict
+
+    headline = {"metric": "AUC", "unimed": 0.50, "baseline": 0.50 + METRIC_TOLERANCE / 2}
+    clear = {"metric": "dice/all_mean", "unimed": 0.80, "baseline": 0.50}
+    ratios = [{"shape": [64, 64, 64], "latency_baselines_over_unimed": 1 + RATIO_TOLERANCE / 2,
+               "peak_baselines_over_unimed": 2.0}]  # fmt: skip
+    text = "\n".join(
+        verdict({"headline": {"classification": headline, "segmentation": clear}}, None, {"ratios": ratios})
+    )
+    wins, rest = text.split("UniMed loses")
+    assert "segmentation (dice/all_mean)" in wins and "peak memory at 64x64x64" in wins
+    even = rest.split("No measurable difference")[1]
+    assert "classification (AUC)" in even and "latency at 64x64x64" in even
