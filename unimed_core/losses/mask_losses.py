@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unimed_core.model.position import sample_points
+
 __all__ = [
     "MaskSampler",
     "resize_masks",
@@ -63,10 +65,7 @@ def point_sample(volumes: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     Returns:
         (M, P) sampled values.
     """
-    # grid_sample wants (x, y, z) = (w, h, d) in [-1, 1]; align_corners=False matches "0 and 1 are the edges".
-    grid = coords.flip(-1).mul(2.0).sub(1.0)[:, None, None]  # (M, 1, 1, P, 3)
-    out = F.grid_sample(volumes[:, None].float(), grid.to(volumes.device, torch.float32), align_corners=False)
-    return out[:, 0, 0, 0]
+    return sample_points(volumes[:, None], coords)[:, 0]
 
 
 def uncertain_point_coords(

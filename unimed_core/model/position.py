@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["FourierEncoding", "voxel_centres"]
+__all__ = ["FourierEncoding", "sample_points", "voxel_centres"]
 
 
 def voxel_centres(
@@ -34,6 +34,17 @@ def voxel_centres(
     """
     axes = [(torch.arange(n, device=device, dtype=dtype) + 0.5) / n for n in spatial_shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+
+
+def sample_points(volumes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of (N, C, D, H, W) volumes at (N, P, 3) normalised points (array axis order) → (N, C, P).
+
+    ``0`` and ``1`` are the outer edges of the grid (``align_corners=False``), so a point ``(i + 0.5) / n`` falls
+    on voxel ``i``'s centre, as :func:`voxel_centres` and the prompt tokens put it. Sampled in float32.
+    """
+    # grid_sample wants (x, y, z) = (w, h, d) in [-1, 1].
+    grid = points.flip(-1).mul(2.0).sub(1.0)[:, :, None, None].to(volumes.device, torch.float32)  # (N, P, 1, 1, 3)
+    return torch.nn.functional.grid_sample(volumes.float(), grid, align_corners=False)[..., 0, 0]
 
 
 class FourierEncoding(nn.Module):

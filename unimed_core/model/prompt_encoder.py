@@ -25,20 +25,9 @@ import torch
 from torch import nn
 
 from unimed_core.model.checks import require_heads_divide, require_positive_ints
-from unimed_core.model.position import FourierEncoding
+from unimed_core.model.position import FourierEncoding, sample_points
 
-__all__ = ["PromptEncoder", "sample_embeddings"]
-
-
-def sample_embeddings(embeddings: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(B, P, d) trilinear samples of (B, d, D, H, W) embeddings at (B, P, 3) normalised points (array axis order).
-
-    ``0`` and ``1`` are the outer edges of the grid (``align_corners=False``), matching voxel centres at
-    ``(i + 0.5) / n`` (``unimed_core.model.position``).
-    """
-    grid = points.flip(-1).mul(2.0).sub(1.0)[:, :, None, None].float()  # grid_sample wants (x, y, z) = (w, h, d)
-    out = nn.functional.grid_sample(embeddings.float(), grid, align_corners=False)  # (B, d, P, 1, 1)
-    return out[..., 0, 0].transpose(1, 2)
+__all__ = ["PromptEncoder"]
 
 
 class PromptEncoder(nn.Module):
@@ -148,7 +137,7 @@ class PromptEncoder(nn.Module):
         for points, has, proj in ((positive, has_positive, self.ground_positive),
                                   (negative, has_negative, self.ground_negative)):  # fmt: skip
             if has.any():
-                feat = sample_embeddings(embeddings, points).to(queries.dtype)
+                feat = sample_points(embeddings, points).transpose(1, 2).to(queries.dtype)  # (B, P, d)
                 queries = queries + proj(feat) * has.unsqueeze(-1).to(queries.dtype)
         return queries, positive, has_positive
 
