@@ -118,10 +118,19 @@ def main(argv=None) -> int:
     )
     start = time.monotonic()
     summary, rows = evaluate(predictor, items["test"], label_map)
-    # Both decoders detect (DESIGN.md §1): the composed path's numbers decide which one the bundle uses.
+    # Both decoders detect (DESIGN.md §1): the paths' numbers decide which one the bundle uses.
     predictor.detection_path = "composed"
     composed, _ = evaluate(predictor, items["test"], label_map, click_classes=[])
     summary.update({f"composed/{k}": v for k, v in composed.items() if k.startswith(("mAP", "recall", "AP@"))})
+    predictor.detection_path = "decomposed"
+    # ... and on the decomposed path, whether a query's box is read from its box tokens or its mask.
+    predictor.box_source = "masks"
+    from_masks, _ = evaluate(predictor, items["test"], label_map, click_classes=[])
+    summary.update({f"mask_boxes/{k}": v for k, v in from_masks.items() if k.startswith(("mAP", "recall", "AP@"))})
+    predictor.box_source = "tokens"
+    predictor.detection_path = "segmentation"
+    from_labels, _ = evaluate(predictor, items["test"], label_map, click_classes=[])
+    summary.update({f"seg_boxes/{k}": v for k, v in from_labels.items() if k.startswith(("mAP", "recall", "AP@"))})
     predictor.detection_path = "decomposed"
     # Likewise for the label volume: the queries' masks, the class tokens' own masks, or both.
     for source in ("class_tokens", "both"):

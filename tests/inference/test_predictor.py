@@ -9,7 +9,7 @@ import torch
 from unimed_core.data.boxes import voxel_to_world_boxes
 from unimed_core.data.image_io import Volume
 from unimed_core.data.synthetic import SyntheticConfig, generate_case
-from unimed_core.inference.predictor import Prediction, UniMedPredictor
+from unimed_core.inference.predictor import Prediction, UniMedPredictor, _component_boxes, _mask_extents
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_tiny
 
@@ -130,9 +130,52 @@ def test_max_working_voxels_refusal_names_the_number(model, volume):
         ({"roi_size": (30, 32, 32)}, "roi_size must be three positive multiples of 16"),
         ({"roi_size": (0, 32, 32)}, "roi_size must be three positive multiples of 16"),
         ({"overlap": 1.0}, r"overlap must be in \[0, 1\)"),
-        ({"detection_path": "both"}, "detection_path must be 'decomposed' or 'composed'"),
+        ({"detection_path": "both"}, "detection_path must be one of"),
+        ({"box_source": "both"}, "box_source must be 'tokens' or 'masks'"),
     ],
 )
 def test_bad_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         UniMedPredictor(model, LM, **kwargs)
+
+
+def test_mask_extents_are_the_masks_boxes_in_window_voxels():
+    # two masks on a 4³ grid of a 16³ window (stride 4): one cell and an empty one
+    logits = torch.full((2, 4, 4, 4), -20.0)
+    logits[0, 1, 2, 3] = 20.0
+    boxes, found = _mask_extents(logits, (16, 16, 16), threshold=0.5)
+    assert found.tolist() == [True, False]
+    # the cell covers voxels [4, 8) x [8, 12) x [12, 16); trilinear resizing spreads it by at most 2 voxels
+    lo, hi = boxes[0, :3], boxes[0, 3:]
+    assert torch.all(lo <= torch.tensor([4.0, 8.0, 12.0]) + 1) and torch.all(lo >= torch.tensor([2.0, 6.0, 10.0]))
+    assert torch.all(hi >= torch.tensor([8.0, 12.0, 16.0]) - 1) and torch.all(hi <= torch.tensor([10.0, 14.0, 16.0]))
+    assert boxes[1].tolist() == [0.0] * 6
+
+
+def test_box_source_masks_gives_boxes_on_the_input_grid(model, volume):
+    tokens = _predictor(model, nms_iou=1.0).predict(volume)
+    masks = _predictor(model, nms_iou=1.0, box_source="masks").predict(volume)
+    _check_prediction(masks, volume)
+    # same queries, same scores (no suppression): only where the boxes come from differs
+    np.testing.assert_allclose(np.sort(tokens.box_scores), np.sort(masks.box_scores), atol=1e-6)
+
+
+def test_component_boxes_are_the_label_volumes_lesions():
+    labels = torch.zeros(12, 12, 12, dtype=torch.long)
+    scores = torch.zeros(6, 12, 12, 12)
+    labels[1:3, 1:4, 1:2] = 5  # cyst (class 4): two separate components
+    labels[8:11, 8:9, 5:7] = 5
+    labels[5:7, 0:2, 9:12] = 6  # tumor (class 5)
+    labels[0:12, 6:7, 0:1] = 1  # liver: not a box class
+    scores[4, 2, 3, 1] = 0.9
+    scores[4, 9, 8, 6] = 0.6
+    scores[5, 6, 1, 10] = 0.7
+    found = _component_boxes(scores, labels, [4, 5])
+    got = sorted(zip(found["labels"].tolist(), found["boxes"].tolist(), found["scores"].tolist()))
+    assert [(c, b) for c, b, _ in got] == [(4, [1, 1, 1, 3, 4, 2]), (4, [8, 8, 5, 11, 9, 7]), (5, [5, 0, 9, 7, 2, 12])]
+    assert [s for _, _, s in got] == pytest.approx([0.9, 0.6, 0.7])
+
+
+def test_segmentation_detection_path_boxes_on_the_input_grid(model, volume):
+    prediction = _predictor(model, detection_path="segmentation", mask_threshold=0.0).predict(volume)
+    _check_prediction(prediction, volume)

@@ -97,3 +97,22 @@ def test_dice_is_high_for_disjoint_masks():
     logits = torch.full((1, 100), -20.0)
     logits[0, 50:] = 20.0
     assert dice_loss(logits, t, 1) > 0.95
+
+
+def test_bce_positive_weight_lifts_a_small_foreground():
+    # a 4-cell "lesion" in 4096 cells, predicted absent everywhere
+    logits = torch.full((1, 4096), -4.0)
+    targets = torch.zeros(1, 4096)
+    targets[0, :4] = 1.0
+    plain = sigmoid_bce_loss(logits, targets, 1)
+    assert sigmoid_bce_loss(logits, targets, 1, max_pos_weight=1.0) == plain
+    weighted = sigmoid_bce_loss(logits, targets, 1, max_pos_weight=30.0)
+    # sqrt(4092 / 4) = 32 → capped at 30: the foreground's share of the loss grows 30-fold
+    fg = torch.nn.functional.binary_cross_entropy_with_logits(logits[0, :4], targets[0, :4], reduction="sum") / 4096
+    torch.testing.assert_close(weighted, plain + 29.0 * fg)
+    # the gradient on the foreground cells grows accordingly, the background's is unchanged
+    logits.requires_grad_(True)
+    g_plain = torch.autograd.grad(sigmoid_bce_loss(logits, targets, 1), logits)[0]
+    g_weighted = torch.autograd.grad(sigmoid_bce_loss(logits, targets, 1, max_pos_weight=30.0), logits)[0]
+    torch.testing.assert_close(g_weighted[0, :4], 30.0 * g_plain[0, :4])
+    torch.testing.assert_close(g_weighted[0, 4:], g_plain[0, 4:])

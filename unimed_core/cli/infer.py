@@ -30,6 +30,9 @@ from unimed_core.inference.writers import case_name, write_prediction
 from unimed_core.label_map import LabelMap
 from unimed_core.paths import BUNDLE_DIR, DEFAULT_WEIGHTS
 
+# predictor options the learning benchmark chooses for the shipped weights, read from the bundle's inference config
+PREDICTOR_CHOICES = ("detection_path", "semantic_source", "box_source", "score_threshold")
+
 __all__ = ["main", "build_predictor", "parse_point"]
 
 
@@ -58,7 +61,7 @@ def build_predictor(weights: str | Path = DEFAULT_WEIGHTS, device: str = "auto",
     # the working grid the weights were trained on and the benchmark's choices of output paths: one place, the
     # bundle's inference config
     config = ConfigParser.load_config_file(BUNDLE_DIR / "configs" / "inference.json")
-    chosen = {k: config["predictor"][k] for k in ("detection_path", "semantic_source") if k in config["predictor"]}
+    chosen = {k: config["predictor"][k] for k in PREDICTOR_CHOICES if k in config["predictor"]}
     kwargs = {"spacing": config["spacing"], "roi_size": config["roi_size"], **chosen, **kwargs}
     return UniMedPredictor(model, label_map, device=device, amp=device.startswith("cuda"), **kwargs)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Orientation, ScaleIntensityRangePercentiles, SpatialResample
+from monai.transforms import HistogramNormalize, Orientation, SpatialResample
 
 from unimed_core.data.image_io import Volume
 from unimed_core.errors import ImageReadError
@@ -41,16 +41,38 @@ class PreparedVolume:
         return tuple(int(s) for s in self.image.shape[1:])
 
 
-def normalize_intensity(image: torch.Tensor, lower: float = 0.5, upper: float = 99.5) -> torch.Tensor:
-    """Map the [lower, upper] percentile range to [-1, 1] and clip; modality agnostic (CT HU or MR units).
+def normalize_intensity(
+    image: torch.Tensor, lower: float = 0.5, upper: float = 99.5, num_bins: int = 256, background: float = 0.05
+) -> torch.Tensor:
+    """Equalise the histogram of the body onto [-1, 1] (MONAI ``HistogramNormalize``); modality agnostic.
 
-    Percentiles rather than a CT window so that one model reads CT-like and MR-like volumes alike.
+    A linear map of the [``lower``, ``upper``] percentile range (this project's first choice) squeezes CT's soft
+    tissue into a few hundredths of the range, because air (-1000 HU) and bone set its ends: liver and spleen
+    ended up 0.02 apart, one noise sd. Equalisation spreads each intensity range by how much of the body it
+    covers, so the soft tissue most of an abdomen is made of gets most of the range, in CT and MR alike, without
+    knowing which it is. It is monotone, so no contrast is reversed, and the contrast-to-noise ratio is unchanged.
+
+    Args:
+        image: the volume, any shape.
+        lower, upper: percentiles that clip outliers before the histogram.
+        num_bins: histogram bins.
+        background: voxels below ``lower + background * (upper - lower)`` (air, outside the body) stay out of the
+            histogram and map to -1, so the share of air in the field of view does not change the mapping.
+
+    Raises:
+        ValueError: the intensities are constant (or nearly so).
     """
     image = image.float()
     lo, hi = np.percentile(image.numpy(), [lower, upper])
     if not np.isfinite(lo) or not np.isfinite(hi) or hi - lo <= 1e-6 * max(1.0, abs(hi)):
         raise ValueError("image intensities are constant (or nearly so): nothing to analyse")
-    return ScaleIntensityRangePercentiles(lower, upper, b_min=-1.0, b_max=1.0, clip=True)(image)
+    clipped = image.clamp(float(lo), float(hi))
+    body = clipped > lo + background * (hi - lo)
+    if int(body.sum()) < num_bins:  # almost nothing above the background: equalise everything
+        body = torch.ones_like(body)
+    return torch.as_tensor(
+        HistogramNormalize(num_bins=num_bins, min=-1, max=1, mask=body)(clipped), dtype=torch.float32
+    )
 
 
 def _to_working_grid(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from monai.data.box_utils import batched_nms
 from monai.inferers import sliding_window_inference
 
@@ -30,6 +31,7 @@ from unimed_core.tokenizer import SequenceGrammar, Tokenizer
 
 __all__ = ["Prediction", "UniMedPredictor"]
 
+DETECTION_PATHS = ("decomposed", "composed", "segmentation")
 COORDINATES = "world millimetres, RAS (as NIfTI and Slicer), MONAI box mode XYZXYZ (corner)"
 
 
@@ -75,7 +77,11 @@ class UniMedPredictor:
         mask_threshold: score above which a voxel is foreground.
         score_threshold: minimal detection score kept.
         nms_iou: IoU of per-class non-maximum suppression across queries and windows.
-        detection_path: "decomposed" (per-query box tokens) or "composed" (generated DET sequence).
+        detection_path: "decomposed" (per-query box tokens), "composed" (generated DET sequence) or
+            "segmentation" (each connected component of a box class in the label volume, scored by its highest
+            class score: boxes that agree with the segmentation).
+        box_source: on the decomposed path, where a query's box comes from: "tokens" (its box tokens) or "masks"
+            (the extent of its mask above ``mask_threshold``, its box tokens when the mask is empty).
         semantic_source: where the label volume's per-class scores come from: "queries" (Mask2Former's
             ``sum_q p_q(c) * sigmoid(mask_q)``), "class_tokens" (each class token's own mask,
             ``UniMed.class_masks``) or "both" (their mean).
@@ -101,13 +107,14 @@ class UniMedPredictor:
         detection_path: str = "decomposed",
         max_working_voxels: int = 512**3,
         semantic_source: str = "queries",
+        box_source: str = "tokens",
     ) -> None:
         if len(roi_size) != 3 or any(int(r) <= 0 or int(r) % 16 for r in roi_size):
             raise ValueError(f"roi_size must be three positive multiples of 16, got {roi_size}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-        if detection_path not in ("decomposed", "composed"):  # the benchmark decides the default
-            raise ValueError(f"detection_path must be 'decomposed' or 'composed', got {detection_path!r}")
+        if detection_path not in DETECTION_PATHS:  # the benchmark decides the default
+            raise ValueError(f"detection_path must be one of {DETECTION_PATHS}, got {detection_path!r}")
         self.model = model.to(device).eval()
         self.label_map = label_map
         self.tokenizer = Tokenizer(model.vocab)
@@ -119,6 +126,9 @@ class UniMedPredictor:
         if semantic_source not in ("queries", "class_tokens", "both"):
             raise ValueError(f"semantic_source must be 'queries', 'class_tokens' or 'both', got {semantic_source!r}")
         self.semantic_source = semantic_source
+        if box_source not in ("tokens", "masks"):
+            raise ValueError(f"box_source must be 'tokens' or 'masks', got {box_source!r}")
+        self.box_source = box_source
         self.max_working_voxels = max_working_voxels
         num_fg = label_map.num_mask_classes - 1
         self._mask_classes = list(range(num_fg))  # class index i ↔ mask id i + 1
@@ -189,7 +199,10 @@ class UniMedPredictor:
         scores = F.interpolate(scores[None].float(), size=prepared.shape, mode="trilinear")[0]
         labels = self._labels_from_scores(scores, wanted)
         restored = restore_to_source(labels[None].float(), prepared, mode="nearest")[0].round().short().numpy()
-        boxes, box_labels, box_scores = self._merge_boxes(windows, prepared, wanted)
+        found = windows
+        if self.detection_path == "segmentation":
+            found = [_component_boxes(scores, labels, [c for c in self._box_classes if c < scores.shape[0]])]
+        boxes, box_labels, box_scores = self._merge_boxes(found, prepared, wanted)
         probs = self._image_probabilities(windows)
         return Prediction(restored, prepared.source_affine.copy(), boxes, box_labels, box_scores, probs)
 
@@ -227,7 +240,11 @@ class UniMedPredictor:
         bins = out.box_logits[b, latent].float().softmax(-1)
         centres = (torch.arange(bins.shape[-1], dtype=torch.float32, device=bins.device) + 0.5) / bins.shape[-1]
         coords = (bins * centres).sum(-1)  # (N, 6) expected normalised coordinate
-        boxes = _ordered(coords).cpu() * size + shift
+        boxes = _ordered(coords).cpu() * size
+        if self.box_source == "masks":
+            from_masks, found = _mask_extents(out.mask_logits[b, latent].float(), patch_shape, self.mask_threshold)
+            boxes = torch.where(found[:, None], from_masks, boxes)
+        boxes = boxes + shift
         labels = torch.tensor(self._box_classes)[which.cpu()]
         return {"boxes": boxes, "scores": score.cpu(), "labels": labels, "image": image_probs}
 
@@ -323,6 +340,43 @@ class UniMedPredictor:
         mask = torch.zeros(tuple(int(s) for s in shape), dtype=torch.uint8)
         mask[region] = (logits[local] > 0).to(torch.uint8)
         return mask
+
+
+def _component_boxes(scores: torch.Tensor, labels: torch.Tensor, box_classes: Sequence[int]) -> dict:
+    """Boxes (working-grid voxels), scores and class indices of the connected components (26-connected, scipy) of
+    each box class in ``labels`` (mask id = class index + 1); a component's score is its highest class score."""
+    boxes, found, classes = [], [], []
+    structure = np.ones((3, 3, 3), dtype=bool)
+    for c in box_classes:
+        components, n = ndimage.label((labels == c + 1).numpy(), structure=structure)
+        if not n:
+            continue
+        peak = ndimage.maximum(scores[c].numpy(), components, index=np.arange(1, n + 1))
+        for (sx, sy, sz), score in zip(ndimage.find_objects(components), np.atleast_1d(peak)):
+            boxes.append([sx.start, sy.start, sz.start, sx.stop, sy.stop, sz.stop])
+            found.append(float(score))
+            classes.append(int(c))
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 6),
+        "scores": torch.tensor(found, dtype=torch.float32),
+        "labels": torch.tensor(classes, dtype=torch.long),
+    }
+
+
+def _mask_extents(
+    mask_logits: torch.Tensor, shape: Sequence[int], threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes (N, 6) in window voxels, corner convention, of N masks (N, D', H', W') resized to ``shape``, and
+    whether each mask has any voxel above ``threshold`` (an empty one gets a zero box)."""
+    fg = F.interpolate(mask_logits[None], size=tuple(shape), mode="trilinear")[0].sigmoid() > threshold
+    boxes = torch.zeros(fg.shape[0], 6)
+    for axis in range(3):
+        hit = fg.any(dim=[a + 1 for a in range(3) if a != axis]).cpu()  # (N, size along axis)
+        idx = torch.arange(hit.shape[1], dtype=torch.float32)
+        boxes[:, axis] = torch.where(hit, idx, float("inf")).amin(1)
+        boxes[:, axis + 3] = torch.where(hit, idx + 1, float("-inf")).amax(1)
+    found = fg.flatten(1).any(1).cpu()
+    return torch.where(found[:, None], boxes, torch.zeros_like(boxes)), found
 
 
 def _ordered(boxes: torch.Tensor) -> torch.Tensor:

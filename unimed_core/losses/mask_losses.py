@@ -163,15 +163,27 @@ class MaskSampler:
         return p, t
 
 
-def sigmoid_bce_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float | torch.Tensor) -> torch.Tensor:
+def sigmoid_bce_loss(
+    logits: torch.Tensor, targets: torch.Tensor, num_masks: float | torch.Tensor, max_pos_weight: float = 1.0
+) -> torch.Tensor:
     """Per-mask mean BCE, summed over masks and divided by ``num_masks``.
 
     Args:
         logits: (M, P) logits.
         targets: (M, P) targets in [0, 1] (soft allowed).
         num_masks: normaliser (the number of objects, possibly summed over processes).
+        max_pos_weight: > 1 weighs each mask's foreground by ``sqrt(background / foreground)`` up to this value.
+            A 2 cm lesion is a few cells of a 32³ grid: unweighted, its foreground is 1e-4 of the mean and the
+            mask learns "never" first; the square root (rather than the full ratio) keeps organ masks from
+            swelling.
     """
-    loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+    t = targets.to(logits.dtype)
+    pos_weight = None
+    if max_pos_weight > 1.0:
+        fg = t.sum(1, keepdim=True)
+        ratio = ((t.shape[1] - fg) / fg.clamp(min=1.0)).sqrt()
+        pos_weight = ratio.clamp(1.0, max_pos_weight).detach()
+    loss = F.binary_cross_entropy_with_logits(logits, t, reduction="none", pos_weight=pos_weight)
     return loss.mean(1).sum() / num_masks
 
 

@@ -12,6 +12,7 @@ from unimed_core.label_map import LabelMap
 from unimed_core.model.composed_decoder import ComposedDecoder
 from unimed_core.model.decomposed_decoder import DecomposedDecoder
 from unimed_core.model.encoder import ConvEncoder3D, SwinEncoder3D
+from unimed_core.model.image_evidence import ImageEvidence
 from unimed_core.model.pixel_decoder import PixelDecoder3D
 from unimed_core.model.prompt_encoder import PromptEncoder
 from unimed_core.model.unimed import ReconstructionHead, UniMed
@@ -31,6 +32,7 @@ def build_unimed(
     max_sequence_length: int = 256,
     output_stride: int = 2,
     dropout: float = 0.0,
+    image_evidence: bool = True,
 ) -> UniMed:
     """Assemble a UniMed around ``encoder`` with matching pixel decoder, decoders, prompt encoder and heads.
 
@@ -45,6 +47,7 @@ def build_unimed(
         max_sequence_length: longest token sequence of the composed decoder.
         output_stride: stride of ``E``.
         dropout: dropout of the transformers.
+        image_evidence: image labels also read the class tokens' masks (``ImageEvidence``).
     """
     pixel_decoder = PixelDecoder3D(encoder.out_channels, encoder.strides, embed_dim, output_stride=output_stride)
     return UniMed(
@@ -71,11 +74,13 @@ def build_unimed(
         vocab=vocab,
         embed_dim=embed_dim,
         reconstruction_head=ReconstructionHead(embed_dim, pixel_decoder.embedding_stride, encoder.in_channels),
+        image_evidence=ImageEvidence(len(vocab.class_names)) if image_evidence else None,
     )
 
 
 def unimed_small(label_map: LabelMap | None = None, num_bins: int = 128, num_latent_queries: int = 16) -> UniMed:
-    """The CPU variant: ``ConvEncoder3D`` (16, 32, 64, 128), d = 64, 3 + 2 layers, 4 heads.
+    """The CPU variant: ``ConvEncoder3D`` (16, 32, 64, 128), two residual units per stage, d = 64, 3 + 2 layers,
+    4 heads.
 
     Args:
         label_map: the label map; default ``LabelMap.default()`` (the bundle's).
@@ -89,7 +94,7 @@ def unimed_small(label_map: LabelMap | None = None, num_bins: int = 128, num_lat
     """
     label_map = LabelMap.default() if label_map is None else label_map
     return build_unimed(
-        ConvEncoder3D(in_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2, 2), num_res_units=1),
+        ConvEncoder3D(in_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2, 2), num_res_units=2),
         Vocabulary.from_label_map(label_map, num_bins),
         embed_dim=64,
         num_heads=4,

@@ -9,6 +9,8 @@ loss terms by what is present.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from monai.networks.utils import pixelshuffle
 from torch import nn
@@ -67,6 +69,8 @@ class UniMed(nn.Module):
         embed_dim: width d of the token table, ``E`` and the queries.
         reconstruction_head: head giving (B, 1, D, H, W) from ``E`` for masked volume modelling, or None (then
             ``volume_mask`` may not be given).
+        image_evidence: fuses the image query's logits with the class tokens' masks
+            (:class:`~unimed_core.model.image_evidence.ImageEvidence`), or None for the image query alone.
 
     Example:
         >>> from unimed_core.model.factory import unimed_small
@@ -86,6 +90,7 @@ class UniMed(nn.Module):
         vocab,
         embed_dim: int,
         reconstruction_head: nn.Module | None = None,
+        image_evidence: nn.Module | None = None,
     ) -> None:
         super().__init__()
         require_positive_ints(embed_dim=embed_dim)
@@ -123,6 +128,7 @@ class UniMed(nn.Module):
         self.composed_decoder = composed_decoder
         self.prompt_encoder = prompt_encoder
         self.reconstruction_head = reconstruction_head
+        self.image_evidence = image_evidence
         self.vocab = vocab
         self.embed_dim = embed_dim
         self.token_embedding = nn.Embedding(vocab.size, embed_dim)
@@ -170,12 +176,24 @@ class UniMed(nn.Module):
         self, embeddings: torch.Tensor, levels: list[torch.Tensor], prompts: PromptBatch | None = None
     ) -> DecomposedOutput:
         """Run the prompt encoder and the decomposed decoder on encoded features."""
+        return self._decode(embeddings, levels, prompts)[0]
+
+    def _decode(
+        self, embeddings: torch.Tensor, levels: list[torch.Tensor], prompts: PromptBatch | None
+    ) -> tuple[DecomposedOutput, torch.Tensor]:
+        """:meth:`decode`, plus the class tokens' masks it used (or computed anyway, for the class-mask loss)."""
         queries, present = self._prompt_queries(prompts, embeddings.shape[0])
         anchors, anchored = None, None
         if queries is not None:
             queries, anchors, anchored = self.prompt_encoder.ground(queries, prompts.tokens, embeddings)
         class_embed = self.token_embedding(self.class_token_ids)
-        return self.decomposed_decoder(levels, embeddings, class_embed, queries, present, anchors, anchored)
+        decomposed = self.decomposed_decoder(levels, embeddings, class_embed, queries, present, anchors, anchored)
+        class_masks = self.class_masks(embeddings)
+        if self.image_evidence is not None:
+            decomposed = dataclasses.replace(
+                decomposed, image_logits=self.image_evidence(decomposed.image_logits, class_masks)
+            )
+        return decomposed, class_masks
 
     def class_masks(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, C, D', H', W') mask logits of every class token (no decoder layers: the token itself as query).
@@ -232,8 +250,7 @@ class UniMed(nn.Module):
         if prompts is not None and (not isinstance(prompts, PromptBatch) or prompts.tokens.shape[0] != image.shape[0]):
             self._prompt_queries(prompts, image.shape[0])  # raises with the reason, before any heavy work
         embeddings, levels = self.encode(image)
-        decomposed = self.decode(embeddings, levels, prompts)
-        class_masks = self.class_masks(embeddings)
+        decomposed, class_masks = self._decode(embeddings, levels, prompts)
 
         composed = None
         if sequences is not None:

@@ -41,7 +41,19 @@ DEFAULT_LOSS_WEIGHTS = {
     "loss_mvm": 0.2,
 }
 
-__all__ = ["DEFAULT_LOSS_WEIGHTS", "build_objective", "build_train_loader", "build_trainer", "fit", "TimeBudget"]
+# Foreground weight cap of the class-token masks' BCE (``sigmoid_bce_loss``). Measured on the CPU learning benchmark
+# (30 min, 1 thread, same seed): organ Dice 0.76 with 30 vs 0.57 with 1 (unweighted), click Dice 0.56 vs 0.22.
+DEFAULT_CLASS_MASK_POS_WEIGHT = 30.0
+
+__all__ = [
+    "DEFAULT_CLASS_MASK_POS_WEIGHT",
+    "DEFAULT_LOSS_WEIGHTS",
+    "build_objective",
+    "build_train_loader",
+    "build_trainer",
+    "fit",
+    "TimeBudget",
+]
 
 
 def build_objective(
@@ -50,9 +62,11 @@ def build_objective(
     """Hungarian matcher → set criterion → joint objective over the model's vocabulary.
 
     ``weights`` None means :data:`DEFAULT_LOSS_WEIGHTS`; a mapping is used as given (missing terms weigh 1,
-    the unsupervised term 0: see ``JointObjective``).
+    the unsupervised term 0: see ``JointObjective``). ``kwargs`` go to ``JointObjective``;
+    ``class_mask_pos_weight`` defaults to :data:`DEFAULT_CLASS_MASK_POS_WEIGHT`.
     """
     weights = DEFAULT_LOSS_WEIGHTS if weights is None else weights
+    kwargs.setdefault("class_mask_pos_weight", DEFAULT_CLASS_MASK_POS_WEIGHT)
     criterion = SetCriterion(num_classes=len(label_map.class_names), matcher=HungarianMatcher())
     return JointObjective(criterion, Tokenizer(model.vocab), weights=weights, label_map=label_map, **kwargs)
 

@@ -64,6 +64,8 @@ class JointObjective:
         label_map: the label map (class index → mask id for the sequence mask targets); default the bundle's.
         prompt_probs: relative frequencies of (class, point, box) prompts.
         mvm_kind: ``"mse"`` or ``"smooth_l1"``.
+        class_mask_pos_weight: largest foreground weight of the class-token masks' BCE (see ``sigmoid_bce_loss``);
+            1 weighs foreground and background alike.
 
     Example:
         >>> objective = JointObjective(criterion, tokenizer, {"mvm": 0.5, "sequence": 0.5})  # doctest: +SKIP
@@ -83,6 +85,7 @@ class JointObjective:
         label_map: LabelMap | None = None,
         prompt_probs: tuple[float, float, float] = (0.25, 0.5, 0.25),
         mvm_kind: str = "mse",
+        class_mask_pos_weight: float = 1.0,
     ) -> None:
         if not isinstance(criterion, SetCriterion):
             raise ValueError(f"criterion must be a SetCriterion, got {type(criterion).__name__}")
@@ -118,6 +121,9 @@ class JointObjective:
         )
         self.prompt_probs = tuple(float(p) for p in prompt_probs)
         self.mvm_kind = mvm_kind
+        if not class_mask_pos_weight >= 1.0:
+            raise ValueError(f"class_mask_pos_weight must be >= 1, got {class_mask_pos_weight!r}")
+        self.class_mask_pos_weight = float(class_mask_pos_weight)
 
     def weight(self, name: str) -> float:
         """Weight of term ``name``: its own key, else its group's (aux suffix removed), else 1.0 (mvm: 0.0)."""
@@ -162,7 +168,10 @@ class JointObjective:
         pred = logits[rows].flatten(0, 1).float()
         p, t = self.criterion.mask_sampler.for_loss(pred, tgt, generator)
         n = float(pred.shape[0])
-        return {"loss_class_mask_bce": sigmoid_bce_loss(p, t, n), "loss_class_mask_dice": dice_loss(p, t, n)}
+        return {
+            "loss_class_mask_bce": sigmoid_bce_loss(p, t, n, self.class_mask_pos_weight),
+            "loss_class_mask_dice": dice_loss(p, t, n),
+        }
 
     def __call__(
         self,
