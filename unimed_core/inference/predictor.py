@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from monai.data.box_utils import batched_nms
 from monai.inferers import sliding_window_inference
+from scipy import ndimage
 
 from unimed_core.data.boxes import voxel_to_world_boxes, world_to_voxel_points
 from unimed_core.data.image_io import Volume
