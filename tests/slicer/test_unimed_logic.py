@@ -101,8 +101,9 @@ def test_segments_match_the_cli_output(run):
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, run["node"]).transpose(2, 1, 0)
         np.testing.assert_array_equal(mask > 0, run["own_labels"] == value)
         reference = run["labels"] == value
-        dice = 2 * np.logical_and(mask > 0, reference).sum() / ((mask > 0).sum() + reference.sum())
-        assert dice > 0.99
+        # "a few boundary voxels": at most 1 % of the segment, or 5 voxels for a small one
+        differ = int(np.logical_xor(mask > 0, reference).sum())
+        assert differ <= max(5, 0.01 * reference.sum()), f"label {value}: {differ} of {int(reference.sum())} voxels differ"
 
 
 @pytest.mark.parametrize("which", ["own_boxes", "boxes"])
