@@ -11,7 +11,7 @@ slicer = pytest.importorskip("slicer")
 
 
 @pytest.mark.slow  # a unimed-infer subprocess (about 17 s); the CLI tests cover the same refusals quickly
-def test_constant_volume_fails_with_the_reason_and_leaves_the_scene_unchanged(mrml_scene, test_weights, tmp_path):
+def test_constant_volume_fails_with_the_reason_and_leaves_the_scene_unchanged(mrml_scene, shipped_weights, tmp_path):
     from UniMed import UniMedLogic
     from UniMedLib import InferenceFailed
 
@@ -20,5 +20,5 @@ def test_constant_volume_fails_with_the_reason_and_leaves_the_scene_unchanged(mr
     node = load_volume_node(path, "flat")
     before = slicer.mrmlScene.GetNumberOfNodes()
     with pytest.raises(InferenceFailed, match="image intensities are constant"):
-        UniMedLogic(weights=str(test_weights)).process(node, device="cpu")
+        UniMedLogic(weights=str(shipped_weights)).process(node, device="cpu")
     assert slicer.mrmlScene.GetNumberOfNodes() == before
