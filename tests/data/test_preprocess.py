@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
+from monai.transforms import SpatialResample
 from scipy.spatial.transform import Rotation
 
 from unimed_core.data.image_io import Volume
@@ -146,3 +148,52 @@ def test_normalisation_spreads_soft_tissue(domain):
     # monotone: brighter input never maps lower
     order = np.argsort(case.image.ravel())
     assert np.all(np.diff(out.ravel()[order]) >= -1e-6)
+
+
+def test_restore_in_slabs_equals_one_call():
+    """Slab-wise restoring (bounded memory on large inputs) gives what one resampling of the whole grid gives."""
+    rot = np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])  # oblique: the slabs cut the working grid
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([1.5, 1.5, 2.5])
+    volume = Volume(_ramp((30, 26, 21)), affine)
+    # spacings whose ratios put no input voxel exactly half-way between two working voxels, where nearest
+    # neighbour is a tie that float rounding decides either way
+    prepared = prepare_image(volume, (4.1, 4.3, 3.7))
+    data = torch.rand(2, *prepared.shape)
+    whole = restore_to_source(data, prepared, mode="bilinear", max_chunk_voxels=10**9)
+    slabs = restore_to_source(data, prepared, mode="bilinear", max_chunk_voxels=30 * 26 * 4)  # 4 slices per slab
+    assert whole.shape == slabs.shape == (2, 30, 26, 21)
+    torch.testing.assert_close(whole, slabs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("code", ["RAS", "LPS", "PIL", "ASR"])
+def test_axis_aligned_nearest_restore_equals_the_resampler(code):
+    """The indexing fast path gives exactly what MONAI's SpatialResample gives on the same grids."""
+    from unimed_core.data.preprocess import _restore_axis_aligned_nearest
+    from unimed_core.data.synthetic import orientation_affine
+
+    shape = (30, 26, 21)
+    volume = Volume(_ramp(shape), orientation_affine(code, (1.5, 1.3, 2.5), shape))
+    prepared = prepare_image(volume, (4.1, 4.3, 3.7))
+    data = torch.randint(0, 5, (1, *prepared.shape)).float()
+    fast = _restore_axis_aligned_nearest(data, prepared.affine, prepared.source_affine, shape)
+    assert fast is not None
+    src = MetaTensor(data, affine=torch.as_tensor(prepared.affine))
+    reference = SpatialResample(mode="nearest", padding_mode="zeros")(
+        src, dst_affine=torch.as_tensor(prepared.source_affine), spatial_size=shape
+    )
+    torch.testing.assert_close(fast, reference.as_tensor(), atol=0, rtol=0)
+
+
+def test_grids_at_an_angle_take_the_resampler():
+    """The working grid keeps the input's directions (oblique ones too), so the fast path normally applies; a
+    grid at an angle to the working grid is resampled."""
+    from unimed_core.data.preprocess import _restore_axis_aligned_nearest
+
+    volume = Volume(_ramp((20, 20, 10)), np.diag([2.0, 2.0, 2.0, 1.0]))
+    prepared = prepare_image(volume, (4.0, 4.0, 4.0))
+    turned = np.eye(4)
+    turned[:3, :3] = np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]]) * 2.0
+    data = torch.zeros(1, *prepared.shape)
+    assert _restore_axis_aligned_nearest(data, prepared.affine, turned, (20, 20, 10)) is None
+    assert _restore_axis_aligned_nearest(data, prepared.affine, volume.affine, (20, 20, 10)) is not None

@@ -132,13 +132,64 @@ def resample_label_to(labels: np.ndarray, label_affine: np.ndarray, prepared: Pr
     return out.as_tensor()[0].round().long()
 
 
-def restore_to_source(data: torch.Tensor, prepared: PreparedVolume, mode: str = "nearest") -> torch.Tensor:
+def restore_to_source(
+    data: torch.Tensor, prepared: PreparedVolume, mode: str = "nearest", max_chunk_voxels: int = 2**24
+) -> torch.Tensor:
     """Resample (C, D, H, W) data on the working grid back onto the input's own grid.
 
     ``mode="nearest"`` for labels, ``"bilinear"`` for probabilities.
+
+    Nearest neighbour between grids with parallel axes is separable and done by indexing, with no coordinate grid at
+    all. The working grid keeps the input's directions (oblique ones too), so this is the normal case for labels.
+    Otherwise (probabilities, another grid) the input grid is filled in slabs along its last axis of at most
+    ``max_chunk_voxels`` voxels: MONAI's ``SpatialResample`` builds a float coordinate grid of the whole output at
+    once, 4 GB for a 512 x 512 x 300 CT. Each slab is resampled with the input's affine shifted to the slab's first
+    slice, so the result is the same as one call's.
     """
+    shape = tuple(int(s) for s in prepared.source_shape)
+    if mode == "nearest":
+        fast = _restore_axis_aligned_nearest(data, prepared.affine, prepared.source_affine, shape)
+        if fast is not None:
+            return fast
     src = MetaTensor(data.float(), affine=torch.as_tensor(prepared.affine))
-    out = SpatialResample(mode=mode, padding_mode="zeros")(
-        src, dst_affine=torch.as_tensor(prepared.source_affine), spatial_size=prepared.source_shape
-    )
-    return out.as_tensor()
+    per_slice = max(1, shape[0] * shape[1])
+    step = max(1, int(max_chunk_voxels) // per_slice)
+    out = torch.zeros((data.shape[0], *shape), dtype=torch.float32)
+    resample = SpatialResample(mode=mode, padding_mode="zeros")
+    for z0 in range(0, shape[2], step):
+        nz = min(step, shape[2] - z0)
+        shift = np.eye(4)
+        shift[2, 3] = z0
+        slab_affine = torch.as_tensor(np.asarray(prepared.source_affine, dtype=np.float64) @ shift)
+        slab = resample(src, dst_affine=slab_affine, spatial_size=(shape[0], shape[1], nz))
+        out[..., z0 : z0 + nz] = slab.as_tensor()
+    return out
+
+
+def _restore_axis_aligned_nearest(
+    data: torch.Tensor, working_affine: np.ndarray, source_affine: np.ndarray, shape: tuple[int, int, int]
+) -> torch.Tensor | None:
+    """Nearest-neighbour restore by per-axis index arrays, or None when the grids' axes are not parallel.
+
+    Each input voxel index maps to a working-grid index along one axis only (a permutation, flip and scaling), so
+    the nearest working voxel is found per axis and the output is one gather. Voxels that fall outside the working
+    grid get 0, as ``SpatialResample``'s zero padding gives.
+    """
+    to_working = np.linalg.inv(np.asarray(working_affine, dtype=np.float64)) @ np.asarray(source_affine, np.float64)
+    linear = to_working[:3, :3]
+    big = np.abs(linear) > 1e-6 * np.abs(linear).max()
+    if not (big.sum(0) == 1).all() or not (big.sum(1) == 1).all():
+        return None
+    working_shape = data.shape[1:]
+    index, valid = [None] * 3, []
+    for a in range(3):  # input axis a runs along working axis w
+        w = int(np.argmax(big[:, a]))
+        coord = linear[w, a] * np.arange(shape[a]) + to_working[w, 3]
+        nearest = np.rint(coord).astype(np.int64)  # round half to even, as grid_sample's nearest mode
+        inside = (nearest >= 0) & (nearest < working_shape[w])
+        view = [1, 1, 1]
+        view[a] = shape[a]
+        index[w] = torch.as_tensor(np.clip(nearest, 0, working_shape[w] - 1)).view(view)
+        valid.append(torch.as_tensor(inside).view(view))
+    out = data.float()[:, index[0], index[1], index[2]]
+    return out * (valid[0] & valid[1] & valid[2])
