@@ -103,7 +103,9 @@ def test_segments_match_the_cli_output(run):
         reference = run["labels"] == value
         # "a few boundary voxels": at most 1 % of the segment, or 5 voxels for a small one
         differ = int(np.logical_xor(mask > 0, reference).sum())
-        assert differ <= max(5, 0.01 * reference.sum()), f"label {value}: {differ} of {int(reference.sum())} voxels differ"
+        assert differ <= max(5, 0.01 * reference.sum()), (
+            f"label {value}: {differ} of {int(reference.sum())} voxels differ"
+        )
 
 
 @pytest.mark.parametrize("which", ["own_boxes", "boxes"])
