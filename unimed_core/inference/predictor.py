@@ -176,9 +176,9 @@ class UniMedPredictor:
         def run_window(patch: torch.Tensor, slices) -> torch.Tensor:
             with self._autocast():
                 embeddings, levels = self.model.encode(patch)
-                out = self.model.decode(embeddings, levels)
+                out, class_masks = self.model.decode_with_class_masks(embeddings, levels)
                 generated = self._generate_detections(embeddings, out) if self.detection_path == "composed" else None
-            scores = self._semantic_scores(out, embeddings)
+            scores = self._semantic_scores(out, class_masks)
             for b, sl in enumerate(slices):
                 offset = [s.start for s in sl[2:]]
                 windows.append(self._window_results(out, b, patch.shape[2:], offset, generated))
@@ -206,8 +206,9 @@ class UniMedPredictor:
         probs = self._image_probabilities(windows)
         return Prediction(restored, prepared.source_affine.copy(), boxes, box_labels, box_scores, probs)
 
-    def _semantic_scores(self, out, embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, K, D', H', W') per-class scores in [0, 1] from ``semantic_source``."""
+    def _semantic_scores(self, out, class_masks: torch.Tensor) -> torch.Tensor:
+        """(B, K, D', H', W') per-class scores in [0, 1] from ``semantic_source`` (``class_masks``: the class
+        tokens' mask logits that ``decode_with_class_masks`` gave with ``out``)."""
         parts = []
         if self.semantic_source in ("queries", "both"):
             latent = out.layout.latent
@@ -215,7 +216,7 @@ class UniMedPredictor:
             masks = out.mask_logits[:, latent].float().sigmoid()  # (B, N, D', H', W')
             parts.append(torch.einsum("bnk,bndhw->bkdhw", cls, masks))
         if self.semantic_source in ("class_tokens", "both"):
-            parts.append(self.model.class_masks(embeddings)[:, self._mask_classes].float().sigmoid())
+            parts.append(class_masks[:, self._mask_classes].float().sigmoid())
         return sum(parts) / len(parts)
 
     def _labels_from_scores(self, scores: torch.Tensor, wanted: set[int] | None) -> torch.Tensor:

@@ -116,8 +116,10 @@ class PixelDecoder3D(nn.Module):
             # Nearest-neighbour upsampling, as in FPN, is several times cheaper than trilinear on a CPU, except into
             # E: E gets no smoothing convolution (see above), so nearest upsampling would leave it blocky at twice
             # its stride, and its masks with it.
-            mode = "trilinear" if i == 0 else "nearest"
-            x = lat + F.interpolate(x, size=lat.shape[2:], mode=mode, **({"align_corners": False} if i == 0 else {}))
+            if i == 0:
+                x = lat + F.interpolate(x, size=lat.shape[2:], mode="trilinear", align_corners=False)
+            else:
+                x = lat + F.interpolate(x, size=lat.shape[2:], mode="nearest")
             x = self.smooth[i - 1](x) if i > 0 else x
             outs.append(x)
         embeddings = self.embed_out(self.embed_act(outs[-1]))

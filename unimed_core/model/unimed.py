@@ -176,12 +176,13 @@ class UniMed(nn.Module):
         self, embeddings: torch.Tensor, levels: list[torch.Tensor], prompts: PromptBatch | None = None
     ) -> DecomposedOutput:
         """Run the prompt encoder and the decomposed decoder on encoded features."""
-        return self._decode(embeddings, levels, prompts)[0]
+        return self.decode_with_class_masks(embeddings, levels, prompts)[0]
 
-    def _decode(
-        self, embeddings: torch.Tensor, levels: list[torch.Tensor], prompts: PromptBatch | None
+    def decode_with_class_masks(
+        self, embeddings: torch.Tensor, levels: list[torch.Tensor], prompts: PromptBatch | None = None
     ) -> tuple[DecomposedOutput, torch.Tensor]:
-        """:meth:`decode`, plus the class tokens' masks it used (or computed anyway, for the class-mask loss)."""
+        """:meth:`decode`, plus the class tokens' masks (:meth:`class_masks`) it computed on the way, for callers
+        that need them too (the class-mask loss, the predictor's label volume)."""
         queries, present = self._prompt_queries(prompts, embeddings.shape[0])
         anchors, anchored = None, None
         if queries is not None:
@@ -250,7 +251,7 @@ class UniMed(nn.Module):
         if prompts is not None and (not isinstance(prompts, PromptBatch) or prompts.tokens.shape[0] != image.shape[0]):
             self._prompt_queries(prompts, image.shape[0])  # raises with the reason, before any heavy work
         embeddings, levels = self.encode(image)
-        decomposed, class_masks = self._decode(embeddings, levels, prompts)
+        decomposed, class_masks = self.decode_with_class_masks(embeddings, levels, prompts)
 
         composed = None
         if sequences is not None:
