@@ -170,6 +170,26 @@ def test_class_mask_term_falls_when_a_class_token_mask_matches_its_class():
     assert good["loss_class_mask_dice"] < 0.2 < 0.8 < bad["loss_class_mask_dice"]
 
 
+def test_class_mask_dice_skips_absent_classes_and_bce_does_not():
+    """An absent class is taught by the BCE only: soft Dice against an empty mask would press every voxel down
+    with a gradient near 1 and teach small findings "never"."""
+    images, targets = _mixed_batch()
+    objective = _objective()
+    model = _tiny_model()
+    logits = model(images[:1]).class_mask_logits.detach()
+    ids = torch.tensor([LABEL_MAP.class_index_to_mask_id(c) or -1 for c in range(logits.shape[1])])
+    small = torch.nn.functional.interpolate(targets[0].semantic[None, None].float(), size=logits.shape[2:])[0, 0]
+    perfect = torch.where(small.long()[None, None] == ids.view(1, -1, 1, 1, 1), 20.0, -20.0)
+    absent = [c for c in range(logits.shape[1]) if not (small == ids[c]).any()]
+    assert absent, "the test needs a class the sample does not have"
+    noisy = perfect.clone()
+    noisy[:, absent] = 20.0  # absent classes claim every voxel
+    base = objective._class_mask_terms(perfect, targets[:1], torch.Generator().manual_seed(0))
+    worse = objective._class_mask_terms(noisy, targets[:1], torch.Generator().manual_seed(0))
+    assert worse["loss_class_mask_dice"].item() == pytest.approx(base["loss_class_mask_dice"].item())
+    assert worse["loss_class_mask_bce"] > base["loss_class_mask_bce"] + 1.0
+
+
 def test_unlabelled_volumes_contribute_only_mvm():
     images, targets = _mixed_batch()
     model = _tiny_model()

@@ -155,7 +155,10 @@ class JointObjective:
         """BCE + Dice of each class token's mask against that class's semantic mask, on samples with masks.
 
         A class absent from a fully annotated sample is a real negative (an empty target), so every class of
-        every masked sample counts.
+        every masked sample counts in the BCE. The Dice term only takes the non-empty targets (as Mask2Former's
+        matched masks are): against an empty target, soft Dice ``1 - 1/(Σp + 1)`` pushes every voxel's
+        probability down with a gradient near 1 — thousands of times the BCE's per-voxel gradient — so the
+        samples without a lesion would teach the lesion masks "never" faster than the few with one teach "here".
         """
         rows = [i for i, t in enumerate(targets) if t.has_mask]
         if not rows:
@@ -168,9 +171,10 @@ class JointObjective:
         pred = logits[rows].flatten(0, 1).float()
         p, t = self.criterion.mask_sampler.for_loss(pred, tgt, generator)
         n = float(pred.shape[0])
+        present = t.sum(1) > 0
         return {
             "loss_class_mask_bce": sigmoid_bce_loss(p, t, n, self.class_mask_pos_weight),
-            "loss_class_mask_dice": dice_loss(p, t, n),
+            "loss_class_mask_dice": dice_loss(p[present], t[present], max(1.0, float(present.sum()))),
         }
 
     def __call__(
