@@ -120,7 +120,9 @@ def test_mixed_batch_gives_exactly_the_allowed_terms_in_one_forward():
     with torch.no_grad():
         num_aux = len(model.model(images).decomposed.aux)
     assert num_aux >= 1
-    aux = {f"{k}_{i}" for k in SET_TERMS for i in range(num_aux)}
+    # the latent queries' set terms and the prompt queries' mask terms are deeply supervised
+    prompt_terms = {"loss_prompt_mask_bce", "loss_prompt_mask_dice"}
+    aux = {f"{k}_{i}" for k in SET_TERMS | prompt_terms for i in range(num_aux)}
     expected = (
         SET_TERMS
         | aux
@@ -188,6 +190,19 @@ def test_class_mask_dice_skips_absent_classes_and_bce_does_not():
     worse = objective._class_mask_terms(noisy, targets[:1], torch.Generator().manual_seed(0))
     assert worse["loss_class_mask_dice"].item() == pytest.approx(base["loss_class_mask_dice"].item())
     assert worse["loss_class_mask_bce"] > base["loss_class_mask_bce"] + 1.0
+
+
+def test_prompt_masks_are_taught_at_every_decoder_layer():
+    """The masked attention reads each layer's mask: the first prompt mask must be taught too (deep supervision),
+    or it can keep a prompt from ever attending to its object."""
+    images, targets = _mixed_batch()
+    model = _tiny_model()
+    _, terms = _objective()(model, images[:1], targets[:1], torch.Generator().manual_seed(0))
+    num_aux = len(model(images[:1]).decomposed.aux)
+    for i in range(num_aux):
+        assert terms[f"loss_prompt_mask_dice_{i}"] > 0
+    # the aux terms differ from the last layer's: they score other predictions, not a copy
+    assert terms["loss_prompt_mask_dice_0"].item() != pytest.approx(terms["loss_prompt_mask_dice"].item())
 
 
 def test_unlabelled_volumes_contribute_only_mvm():

@@ -177,6 +177,28 @@ class JointObjective:
             "loss_class_mask_dice": dice_loss(p[present], t[present], max(1.0, float(present.sum()))),
         }
 
+    def _prompt_mask_terms(
+        self, dec, prompt_masks: torch.Tensor, prompt_valid: torch.Tensor, generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
+        """BCE + Dice of the prompt queries' masks against what their prompts target, at the last layer and at
+        every earlier one (suffix ``_i``), as the set criterion does for the latent queries.
+
+        The earlier layers matter because of the masked attention: a query attends only where its previous
+        mask is, so an unsupervised first mask can keep a prompt from ever seeing its object. Supervised at the
+        last layer only, the class prompts of both kidneys learned to return the liver or the spleen, and a click
+        in the right kidney the spleen.
+        """
+        valid = prompt_valid.to(dec.mask_logits.device)
+        tgt = prompt_masks[prompt_valid].to(dec.mask_logits.device)
+        n = float(tgt.shape[0])
+        layers = [("", dec.mask_logits)] + [(f"_{i}", aux["mask_logits"]) for i, aux in enumerate(dec.aux)]
+        terms = {}
+        for suffix, logits in layers:
+            p, t = self.criterion.mask_sampler.for_loss(logits[:, dec.layout.prompt][valid].float(), tgt, generator)
+            terms[f"loss_prompt_mask_bce{suffix}"] = sigmoid_bce_loss(p, t, n)
+            terms[f"loss_prompt_mask_dice{suffix}"] = dice_loss(p, t, n)
+        return terms
+
     def __call__(
         self,
         model: nn.Module,
@@ -229,12 +251,7 @@ class JointObjective:
         terms: dict[str, torch.Tensor] = dict(self.criterion(dec, targets, generator))
         terms.update(image_loss(dec, targets, self.image_class_indices))
         if prompts is not None:
-            pred = dec.mask_logits[:, dec.layout.prompt][prompt_valid.to(device)].float()
-            tgt = prompt_masks[prompt_valid].to(device)
-            p, t = self.criterion.mask_sampler.for_loss(pred, tgt, generator)
-            n = float(pred.shape[0])
-            terms["loss_prompt_mask_bce"] = sigmoid_bce_loss(p, t, n)
-            terms["loss_prompt_mask_dice"] = dice_loss(p, t, n)
+            terms.update(self._prompt_mask_terms(dec, prompt_masks, prompt_valid, generator))
         if sequences is not None and out.composed is not None:
             slots = sequence_mask_targets(
                 sequences, targets, self.vocab.mask, self._class_of_token, self.label_map.class_index_to_mask_id
