@@ -131,7 +131,8 @@ def test_max_working_voxels_refusal_names_the_number(model, volume):
         ({"roi_size": (0, 32, 32)}, "roi_size must be three positive multiples of 16"),
         ({"overlap": 1.0}, r"overlap must be in \[0, 1\)"),
         ({"detection_path": "both"}, "detection_path must be one of"),
-        ({"box_source": "both"}, "box_source must be 'tokens' or 'masks'"),
+        ({"box_source": "both"}, r"box_source must be one of \('tokens', 'masks'\)"),
+        ({"semantic_source": "voxels"}, r"semantic_source must be one of \('queries', 'class_tokens', 'both'\)"),
     ],
 )
 def test_bad_arguments(model, kwargs, message):

@@ -32,6 +32,8 @@ from unimed_core.tokenizer import SequenceGrammar, Tokenizer
 __all__ = ["Prediction", "UniMedPredictor"]
 
 DETECTION_PATHS = ("decomposed", "composed", "segmentation")
+SEMANTIC_SOURCES = ("queries", "class_tokens", "both")
+BOX_SOURCES = ("tokens", "masks")
 COORDINATES = "world millimetres, RAS (as NIfTI and Slicer), MONAI box mode XYZXYZ (corner)"
 
 
@@ -123,11 +125,11 @@ class UniMedPredictor:
         self.overlap, self.device, self.amp = overlap, torch.device(device), amp
         self.mask_threshold, self.score_threshold, self.nms_iou = mask_threshold, score_threshold, nms_iou
         self.detection_path = detection_path
-        if semantic_source not in ("queries", "class_tokens", "both"):
-            raise ValueError(f"semantic_source must be 'queries', 'class_tokens' or 'both', got {semantic_source!r}")
+        if semantic_source not in SEMANTIC_SOURCES:
+            raise ValueError(f"semantic_source must be one of {SEMANTIC_SOURCES}, got {semantic_source!r}")
         self.semantic_source = semantic_source
-        if box_source not in ("tokens", "masks"):
-            raise ValueError(f"box_source must be 'tokens' or 'masks', got {box_source!r}")
+        if box_source not in BOX_SOURCES:
+            raise ValueError(f"box_source must be one of {BOX_SOURCES}, got {box_source!r}")
         self.box_source = box_source
         self.max_working_voxels = max_working_voxels
         num_fg = label_map.num_mask_classes - 1
