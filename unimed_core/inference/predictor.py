@@ -235,6 +235,8 @@ class UniMedPredictor:
         size = torch.tensor(list(patch_shape) * 2, dtype=torch.float32)
         shift = torch.tensor(list(offset) * 2, dtype=torch.float32)
         image_probs = out.image_logits[b].float().sigmoid()[self._image_classes].cpu()
+        if self.detection_path == "segmentation":  # boxes come from the label volume's components, in predict
+            return {"image": image_probs}
         if generated is not None:
             return {**self._decoded_boxes(*generated, b, size, shift), "image": image_probs}
         latent = out.layout.latent
