@@ -34,7 +34,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "unimed-make-synthetic=unimed_core.data.synthetic:main",
+            "unimed-make-synthetic=unimed_core.data.synthetic_dataset:main",
             "unimed-make-semisynthetic=unimed_core.data.semi_synthetic:main",
             "unimed-infer=unimed_core.cli.infer:main",
         ]

@@ -21,7 +21,8 @@ import torch
 
 from unimed_core.data.atomic import atomic_write_json, atomic_write_text
 from unimed_core.data.datalist import load_datalist
-from unimed_core.data.synthetic import SyntheticConfig, generate_dataset
+from unimed_core.data.synthetic import SyntheticConfig
+from unimed_core.data.synthetic_dataset import generate_dataset
 from unimed_core.evaluation import evaluate
 from unimed_core.inference.predictor import UniMedPredictor
 from unimed_core.label_map import LabelMap

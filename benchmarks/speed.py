@@ -44,7 +44,8 @@ from benchmarks.common import MODES, RESULTS, Mode, load_items
 from benchmarks.learning import PATCH, SPACING
 from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.image_io import read_image
-from unimed_core.data.synthetic import SyntheticConfig, generate_case, save_nifti_reproducible
+from unimed_core.data.reproducible_nifti import save_nifti_reproducible
+from unimed_core.data.synthetic import SyntheticConfig, generate_case
 from unimed_core.inference.predictor import UniMedPredictor
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_small

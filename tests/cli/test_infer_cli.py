@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from unimed_core.cli.infer import main, parse_point
-from unimed_core.data.synthetic import save_nifti_reproducible
+from unimed_core.data.reproducible_nifti import save_nifti_reproducible
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_small
 from unimed_core.model.weights import save_weights

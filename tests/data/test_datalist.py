@@ -14,7 +14,7 @@ from unimed_core.data.datalist import (
     load_datalist,
     write_datalist,
 )
-from unimed_core.data.synthetic import generate_dataset
+from unimed_core.data.synthetic_dataset import generate_dataset
 from unimed_core.label_map import LabelMap
 
 LM = LabelMap.default()

@@ -12,14 +12,8 @@ import pytest
 from scipy import ndimage
 
 from unimed_core.data.boxes import world_to_voxel_points
-from unimed_core.data.synthetic import (
-    SyntheticConfig,
-    allocate,
-    generate_case,
-    generate_dataset,
-    main,
-    orientation_affine,
-)
+from unimed_core.data.synthetic import SyntheticConfig, generate_case, orientation_affine
+from unimed_core.data.synthetic_dataset import allocate, generate_dataset, main
 from unimed_core.label_map import LabelMap
 
 LM = LabelMap.default()

@@ -9,7 +9,8 @@ from scipy import ndimage
 
 from unimed_core.data.boxes import boxes_from_mask
 from unimed_core.data.datalist import annotation_item, load_datalist, write_datalist
-from unimed_core.data.synthetic import SyntheticConfig, generate_case, save_nifti_reproducible
+from unimed_core.data.reproducible_nifti import save_nifti_reproducible
+from unimed_core.data.synthetic import SyntheticConfig, generate_case
 from unimed_core.data.training_data import (
     LoadedCase,
     UniMedTrainingDataset,

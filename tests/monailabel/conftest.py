@@ -21,7 +21,8 @@ import pytest
 import torch
 from monailabel_helpers import CASE_CONFIG, NOISE, STUDIES
 
-from unimed_core.data.synthetic import generate_case, save_nifti_reproducible
+from unimed_core.data.reproducible_nifti import save_nifti_reproducible
+from unimed_core.data.synthetic import generate_case
 from unimed_core.model.factory import unimed_small
 from unimed_core.model.weights import save_weights
 from unimed_core.paths import DEFAULT_WEIGHTS, REPO_ROOT

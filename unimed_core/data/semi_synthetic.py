@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from unimed_core.data.datalist import COORDINATES, annotation_item, label_map_to_dict, write_datalist
+from unimed_core.data.reproducible_nifti import save_nifti_reproducible
 from unimed_core.data.synthetic import (
     LESION_KINDS,
     SyntheticCase,
@@ -40,9 +41,8 @@ from unimed_core.data.synthetic import (
     _slices,
     _waves,
     _world_box,
-    plan_splits,
-    save_nifti_reproducible,
 )
+from unimed_core.data.synthetic_dataset import plan_splits
 from unimed_core.label_map import LabelMap
 
 __all__ = [
@@ -281,7 +281,7 @@ def make_semi_synthetic_dataset(
     include_derived: bool = True,
 ) -> Path:
     """Write ``imagesTr/``, ``labelsTr/`` and ``datalist.json`` (same format as
-    :func:`unimed_core.data.synthetic.generate_dataset`, with this source's label map); return the datalist.
+    :func:`unimed_core.data.synthetic_dataset.generate_dataset`, with this source's label map); return the datalist.
 
     Args:
         out_dir: output folder.
@@ -290,7 +290,7 @@ def make_semi_synthetic_dataset(
         source: a name of :data:`SOURCES`; ``ValueError`` saying what to install when it is missing.
         stride: keep every ``stride``-th voxel.
         levels, n_validation, n_test: annotation levels and held-out sizes (see
-            :func:`unimed_core.data.synthetic.plan_splits`).
+            :func:`unimed_core.data.synthetic_dataset.plan_splits`).
         include_derived: mask-level items also carry boxes and classes.
     """
     vol = load_source(source, stride)
