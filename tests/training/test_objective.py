@@ -223,6 +223,9 @@ def test_weights_are_applied_by_term_and_group():
     assert objective.weight("loss_class_1") == 2.0
     assert objective.weight("loss_mvm") == 0.25
     assert objective.weight("loss_box") == 1.0
+    aux = _objective({"prompt_mask_bce": 5.0, "prompt_mask_bce_aux": 1.0})
+    assert aux.weight("loss_prompt_mask_bce") == 5.0  # the last layer
+    assert aux.weight("loss_prompt_mask_bce_2") == 1.0  # an earlier layer: the group's aux weight
     assert _objective({}).weight("loss_mvm") == 0.0  # MVM is opt-in
     images, targets = _mixed_batch()
     total, terms = objective(_tiny_model(), images, targets, torch.Generator().manual_seed(1))

@@ -18,7 +18,7 @@ term                            computed from
 
 ``total = Σ weight(name) · term``. ``weights`` is keyed by term names, with or without the ``loss_`` prefix
 (``{"mvm": 0.5}`` is ``{"loss_mvm": 0.5}``). An aux term ``loss_class_0`` uses its own key if present, else
-its group's (``loss_class``). A term missing from ``weights`` gets weight 1.0 — except ``loss_mvm``, which is
+its group's aux key (``loss_class_aux``), else its group's (``loss_class``). A term missing from ``weights`` gets weight 1.0 — except ``loss_mvm``, which is
 opt-in: its mask is built and its term computed only when its weight is > 0. A volume without any annotation
 therefore contributes only ``loss_mvm``. No task string reaches the model (STYLE.md §5).
 """
@@ -126,10 +126,13 @@ class JointObjective:
         self.class_mask_pos_weight = float(class_mask_pos_weight)
 
     def weight(self, name: str) -> float:
-        """Weight of term ``name``: its own key, else its group's (aux suffix removed), else 1.0 (mvm: 0.0)."""
+        """Weight of term ``name``: its own key, else (an aux term) its group's ``_aux`` key, else its group's
+        (aux suffix removed), else 1.0 (mvm: 0.0)."""
         if name in self.weights:
             return self.weights[name]
         group = _AUX_SUFFIX.sub("", name)
+        if group != name and f"{group}_aux" in self.weights:
+            return self.weights[f"{group}_aux"]
         if group in self.weights:
             return self.weights[group]
         return 0.0 if group == "loss_mvm" else 1.0
