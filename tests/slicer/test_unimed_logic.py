@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from unimed_slicer_helpers import ijk_to_ras, load_volume_node, segment_image_to_world
 
 slicer = pytest.importorskip("slicer")
@@ -101,10 +102,13 @@ def test_segments_match_the_cli_output(run):
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, run["node"]).transpose(2, 1, 0)
         np.testing.assert_array_equal(mask > 0, run["own_labels"] == value)
         reference = run["labels"] == value
-        # "a few boundary voxels": at most 1 % of the segment, or 5 voxels for a small one
-        differ = int(np.logical_xor(mask > 0, reference).sum())
-        assert differ <= max(5, 0.01 * reference.sum()), (
-            f"label {value}: {differ} of {int(reference.sum())} voxels differ"
+        # "float noise at boundary voxels": every voxel that differs touches the segment's boundary (one voxel in
+        # or out of it), and they are few (5 %, or 10 voxels for a small segment)
+        differ = np.logical_xor(mask > 0, reference)
+        boundary = ndimage.binary_dilation(reference) & ~ndimage.binary_erosion(reference)
+        assert not (differ & ~boundary).any(), f"label {value}: voxels away from the boundary differ"
+        assert differ.sum() <= max(10, 0.05 * reference.sum()), (
+            f"label {value}: {int(differ.sum())} of {int(reference.sum())} voxels differ"
         )
 
 
