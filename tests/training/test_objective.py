@@ -157,15 +157,22 @@ def test_class_masks_are_taught_only_where_masks_exist():
     assert {"loss_class_mask_bce", "loss_class_mask_dice"} <= set(with_masks)
 
 
+def _perfect_class_mask_logits(images, targets):
+    """(1, C, D', H', W') class-token mask logits of ±20 that agree with sample 0's semantic mask, and the
+    indices of the classes that sample does not have."""
+    logits = _tiny_model()(images[:1]).class_mask_logits.detach()
+    ids = torch.tensor([LABEL_MAP.class_index_to_mask_id(c) or -1 for c in range(logits.shape[1])])
+    small = torch.nn.functional.interpolate(targets[0].semantic[None, None].float(), size=logits.shape[2:])[0, 0]
+    perfect = torch.where(small.long()[None, None] == ids.view(1, -1, 1, 1, 1), 20.0, -20.0)
+    absent = [c for c in range(logits.shape[1]) if not (small == ids[c]).any()]
+    return perfect, absent
+
+
 def test_class_mask_term_falls_when_a_class_token_mask_matches_its_class():
     """The term scores the class-token masks against the semantic mask: perfect logits give a lower loss."""
     images, targets = _mixed_batch()
     objective = _objective()
-    model = _tiny_model()
-    logits = model(images[:1]).class_mask_logits.detach()
-    ids = torch.tensor([LABEL_MAP.class_index_to_mask_id(c) or -1 for c in range(logits.shape[1])])
-    small = torch.nn.functional.interpolate(targets[0].semantic[None, None].float(), size=logits.shape[2:])[0, 0]
-    perfect = torch.where(small.long()[None, None] == ids.view(1, -1, 1, 1, 1), 20.0, -20.0)
+    perfect, _ = _perfect_class_mask_logits(images, targets)
     g = torch.Generator().manual_seed(0)
     good = objective._class_mask_terms(perfect, targets[:1], g)
     bad = objective._class_mask_terms(-perfect, targets[:1], torch.Generator().manual_seed(0))
@@ -177,12 +184,7 @@ def test_class_mask_dice_skips_absent_classes_and_bce_does_not():
     with a gradient near 1 and teach small findings "never"."""
     images, targets = _mixed_batch()
     objective = _objective()
-    model = _tiny_model()
-    logits = model(images[:1]).class_mask_logits.detach()
-    ids = torch.tensor([LABEL_MAP.class_index_to_mask_id(c) or -1 for c in range(logits.shape[1])])
-    small = torch.nn.functional.interpolate(targets[0].semantic[None, None].float(), size=logits.shape[2:])[0, 0]
-    perfect = torch.where(small.long()[None, None] == ids.view(1, -1, 1, 1, 1), 20.0, -20.0)
-    absent = [c for c in range(logits.shape[1]) if not (small == ids[c]).any()]
+    perfect, absent = _perfect_class_mask_logits(images, targets)
     assert absent, "the test needs a class the sample does not have"
     noisy = perfect.clone()
     noisy[:, absent] = 20.0  # absent classes claim every voxel
