@@ -129,7 +129,8 @@ def generate_dataset(
     base = base_config or SyntheticConfig()
     datalist: dict = {
         "name": "unimed-synthetic",
-        "description": f"synthetic abdominal studies, seed {seed}, {n_cases} cases (unimed_core.data.synthetic_dataset)",
+        "description": f"synthetic abdominal studies, seed {seed}, {n_cases} cases "
+                       "(unimed_core.data.synthetic_dataset)",
         "coordinates": COORDINATES,
         "label_map": label_map_to_dict(label_map),
         "training": [], "validation": [], "test": [], "unlabeled": [],

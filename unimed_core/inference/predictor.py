@@ -232,11 +232,11 @@ class UniMedPredictor:
 
     def _window_results(self, out, b: int, patch_shape, offset, generated=None) -> dict:
         """Per-window detections (working-grid voxels) and image probabilities."""
-        size = torch.tensor(list(patch_shape) * 2, dtype=torch.float32)
-        shift = torch.tensor(list(offset) * 2, dtype=torch.float32)
         image_probs = out.image_logits[b].float().sigmoid()[self._image_classes].cpu()
         if self.detection_path == "segmentation":  # boxes come from the label volume's components, in predict
             return {"image": image_probs}
+        size = torch.tensor(list(patch_shape) * 2, dtype=torch.float32)
+        shift = torch.tensor(list(offset) * 2, dtype=torch.float32)
         if generated is not None:
             return {**self._decoded_boxes(*generated, b, size, shift), "image": image_probs}
         latent = out.layout.latent

@@ -18,9 +18,10 @@ term                            computed from
 
 ``total = Σ weight(name) · term``. ``weights`` is keyed by term names, with or without the ``loss_`` prefix
 (``{"mvm": 0.5}`` is ``{"loss_mvm": 0.5}``). An aux term ``loss_class_0`` uses its own key if present, else
-its group's aux key (``loss_class_aux``), else its group's (``loss_class``). A term missing from ``weights`` gets weight 1.0 — except ``loss_mvm``, which is
-opt-in: its mask is built and its term computed only when its weight is > 0. A volume without any annotation
-therefore contributes only ``loss_mvm``. No task string reaches the model (STYLE.md §5).
+its group's aux key (``loss_class_aux``), else its group's (``loss_class``). A term missing from ``weights`` gets
+weight 1.0 — except ``loss_mvm``, which is opt-in: its mask is built and its term computed only when its weight
+is above 0. A volume without any annotation therefore contributes only ``loss_mvm``. No task string reaches the
+model (STYLE.md §5).
 """
 
 from __future__ import annotations
