@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from unimed_core.data.augmentation import Augmentation
 from unimed_core.data.boxes import boxes_from_mask, world_to_voxel_boxes
 from unimed_core.data.image_io import read_image, read_label
 from unimed_core.data.preprocess import prepare_image, resample_label_to
@@ -181,6 +182,8 @@ class UniMedTrainingDataset(torch.utils.data.Dataset):
         patch_size: training patch (each a multiple of 16).
         spacing: working spacing in mm.
         seed: base seed; draw ``i`` of epoch ``e`` is deterministic given ``set_epoch(e)``.
+        augmentation: applied to each draw before cropping; None for none. The default is
+            :class:`~unimed_core.data.augmentation.Augmentation`'s.
     """
 
     def __init__(
@@ -191,6 +194,7 @@ class UniMedTrainingDataset(torch.utils.data.Dataset):
         patch_size: Sequence[int] = (64, 64, 64),
         spacing: Sequence[float] = (2.0, 2.0, 2.0),
         seed: int = 0,
+        augmentation: Augmentation | None = Augmentation(),  # noqa: B008 (frozen, so one shared default is safe)
     ) -> None:
         if len(patch_size) != 3 or any(int(p) <= 0 or int(p) % 16 for p in patch_size):
             raise ValueError(f"patch_size must be three positive multiples of 16, got {patch_size}")
@@ -199,6 +203,7 @@ class UniMedTrainingDataset(torch.utils.data.Dataset):
         self.patch_size = tuple(int(p) for p in patch_size)
         self.spacing = tuple(float(s) for s in spacing)
         self.seed, self.epoch = seed, 0
+        self.augmentation = augmentation
         self._cache: dict[int, LoadedCase] = {}
 
     def set_epoch(self, epoch: int) -> None:
@@ -214,7 +219,10 @@ class UniMedTrainingDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        case = crop_case(self.case(index), self.patch_size, rng)
+        case = self.case(index)
+        if self.augmentation is not None:
+            case = self.augmentation(case, rng)
+        case = crop_case(case, self.patch_size, rng)
         return {"image": case.image, "target": build_target(case, self.label_map, self.tokenizer)}
 
 

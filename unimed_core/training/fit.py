@@ -15,6 +15,7 @@ import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 
+from unimed_core.data.augmentation import Augmentation
 from unimed_core.data.training_data import UniMedTrainingDataset, collate_samples
 from unimed_core.label_map import LabelMap
 from unimed_core.losses.matcher import HungarianMatcher
@@ -85,9 +86,12 @@ def build_train_loader(
     num_workers: int = 0,
     seed: int = 0,
     distributed: bool = False,
+    augmentation: Augmentation | None = Augmentation(),  # noqa: B008 (frozen: one shared default is safe)
 ) -> torch.utils.data.DataLoader:
-    """A shuffling loader of (patch, Target) samples; a ``DistributedSampler`` under torchrun."""
-    dataset = UniMedTrainingDataset(items, label_map, Tokenizer(model.vocab), patch_size, spacing, seed=seed)
+    """A shuffling loader of (patch, Target) samples, augmented per draw; a ``DistributedSampler`` under torchrun."""
+    dataset = UniMedTrainingDataset(
+        items, label_map, Tokenizer(model.vocab), patch_size, spacing, seed=seed, augmentation=augmentation
+    )
     sampler = torch.utils.data.DistributedSampler(dataset, seed=seed) if distributed else None
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
@@ -185,6 +189,7 @@ def fit(
     seed: int = 0,
     num_workers: int = 0,
     log_every: int = 50,
+    augmentation: Augmentation | None = Augmentation(),  # noqa: B008 (frozen: one shared default is safe)
 ) -> list[dict]:
     """Train ``model`` in place; returns the logged history (step, seconds, loss terms).
 
@@ -194,7 +199,9 @@ def fit(
     torch.manual_seed(seed)
     model.to(device)
     objective = build_objective(model, label_map, weights)
-    loader = build_train_loader(items, model, label_map, patch_size, spacing, batch_size, num_workers, seed)
+    loader = build_train_loader(
+        items, model, label_map, patch_size, spacing, batch_size, num_workers, seed, augmentation=augmentation
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     warmup = max(1, max_steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -1,0 +1,86 @@
+"""Random training augmentation of a loaded case: a small rotation and scaling, an intensity scale and shift.
+
+A few dozen annotated studies, seen the same way every epoch, are learned by heart long before they are learned
+(DESIGN.md §4 trains on whatever a dataset has); a slightly different pose and contrast per draw lets them count
+for more. The changes stay within what scanners and patients vary by, and keep every annotation valid:
+
+- **No mirroring.** A left-right flip turns a left kidney into a right one and moves the liver to the left, an
+  anatomy the model should not learn as normal; a flip of the other axes puts the spine in front.
+- **Spatial changes only where the annotation follows them.** A mask is resampled with the image (nearest
+  neighbour); boxes are then read from the mask, as ``build_target`` does anyway. A case whose only annotation
+  is boxes keeps its pose (rotated boxes would no longer be tight), and image labels stay valid under a small
+  rotation about the centre of a study.
+
+MONAI's ``Affine`` does the resampling; the parameters are drawn here from the dataset's per-draw generator, so
+a draw stays reproducible (``UniMedTrainingDataset``'s seed, epoch and index).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from monai.transforms import Affine
+
+if TYPE_CHECKING:  # training_data imports this module
+    from unimed_core.data.training_data import LoadedCase
+
+__all__ = ["Augmentation"]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Draws and applies one random augmentation per call.
+
+    Args:
+        max_rotation_deg: each axis is rotated by up to this many degrees either way.
+        max_scale: each axis is scaled by a factor in ``[1 - max_scale, 1 + max_scale]``.
+        intensity_scale: intensities are multiplied by a factor in ``[1 - s, 1 + s]``.
+        intensity_shift: then shifted by up to this much either way (the working range is [-1, 1]).
+
+    Example:
+        >>> from unimed_core.data.training_data import LoadedCase
+        >>> case = LoadedCase(torch.zeros(1, 8, 8, 8), None, None, None, None)
+        >>> Augmentation()(case, np.random.default_rng(0)).image.shape
+        torch.Size([1, 8, 8, 8])
+    """
+
+    max_rotation_deg: float = 10.0
+    max_scale: float = 0.1
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_rotation_deg": 0 <= self.max_rotation_deg <= 45,
+            "max_scale": 0 <= self.max_scale < 0.5,
+            "intensity_scale": 0 <= self.intensity_scale < 1,
+            "intensity_shift": 0 <= self.intensity_shift <= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name} out of range: {getattr(self, name)!r}")
+
+    def __call__(self, case: LoadedCase, rng: np.random.Generator) -> LoadedCase:
+        image, semantic = case.image, case.semantic
+        # Draw every parameter whether used or not, so a case's later draws do not depend on its annotation.
+        angles = rng.uniform(-1, 1, size=3) * math.radians(self.max_rotation_deg)
+        scales = 1 + rng.uniform(-1, 1, size=3) * self.max_scale
+        gain = 1 + rng.uniform(-1, 1) * self.intensity_scale
+        offset = rng.uniform(-1, 1) * self.intensity_shift
+        box_only = case.boxes is not None and semantic is None
+        if not box_only and (self.max_rotation_deg > 0 or self.max_scale > 0):
+            params = {"rotate_params": angles.tolist(), "scale_params": scales.tolist()}
+            # Border padding: what comes into view at the edges is the air already there, not zeros (mid-grey).
+            image = Affine(**params, mode="bilinear", padding_mode="border", image_only=True)(image)
+            if semantic is not None:
+                warped = Affine(**params, mode="nearest", padding_mode="zeros", image_only=True)(semantic[None].float())
+                semantic = warped[0].round().long()
+        image = torch.as_tensor(image, dtype=torch.float32) * float(gain) + float(offset)
+        boxes = None if semantic is not None else case.boxes  # a mask's boxes are read from the warped mask
+        box_labels = None if boxes is None else case.box_labels
+        return replace(case, image=image.as_subclass(torch.Tensor), semantic=semantic, boxes=boxes,
+                       box_labels=box_labels)  # fmt: skip
