@@ -73,14 +73,13 @@ class Augmentation:
         offset = rng.uniform(-1, 1) * self.intensity_shift
         box_only = case.boxes is not None and semantic is None
         if not box_only and (self.max_rotation_deg > 0 or self.max_scale > 0):
-            params = {"rotate_params": angles.tolist(), "scale_params": scales.tolist()}
+            warp = Affine(rotate_params=angles.tolist(), scale_params=scales.tolist(), image_only=True)
             # Border padding: what comes into view at the edges is the air already there, not zeros (mid-grey).
-            image = Affine(**params, mode="bilinear", padding_mode="border", image_only=True)(image)
+            image = warp(image, mode="bilinear", padding_mode="border").as_subclass(torch.Tensor)
             if semantic is not None:
-                warped = Affine(**params, mode="nearest", padding_mode="zeros", image_only=True)(semantic[None].float())
-                semantic = warped[0].round().long()
-        image = torch.as_tensor(image, dtype=torch.float32) * float(gain) + float(offset)
+                warped = warp(semantic[None].float(), mode="nearest", padding_mode="zeros")
+                semantic = warped[0].as_subclass(torch.Tensor).round().long()
+        image = image.float() * float(gain) + float(offset)
         boxes = None if semantic is not None else case.boxes  # a mask's boxes are read from the warped mask
         box_labels = None if boxes is None else case.box_labels
-        return replace(case, image=image.as_subclass(torch.Tensor), semantic=semantic, boxes=boxes,
-                       box_labels=box_labels)  # fmt: skip
+        return replace(case, image=image, semantic=semantic, boxes=boxes, box_labels=box_labels)
