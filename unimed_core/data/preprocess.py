@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import HistogramNormalize, Orientation, SpatialResample
+from monai.transforms import Orientation, SpatialResample
 
 from unimed_core.data.image_io import Volume
 from unimed_core.errors import ImageReadError
@@ -42,15 +42,30 @@ class PreparedVolume:
 
 
 def normalize_intensity(
-    image: torch.Tensor, lower: float = 0.5, upper: float = 99.5, num_bins: int = 256, background: float = 0.05
+    image: torch.Tensor,
+    lower: float = 0.5,
+    upper: float = 99.5,
+    num_bins: int = 256,
+    background: float = 0.05,
+    clip_limit: float = 2.0,
 ) -> torch.Tensor:
-    """Equalise the histogram of the body onto [-1, 1] (MONAI ``HistogramNormalize``); modality agnostic.
+    """Equalise the histogram of the body onto [-1, 1], contrast-limited; modality agnostic.
 
     A linear map of the [``lower``, ``upper``] percentile range (this project's first choice) squeezes CT's soft
     tissue into a few hundredths of the range, because air (-1000 HU) and bone set its ends: liver and spleen
-    ended up 0.02 apart, one noise sd. Equalisation spreads each intensity range by how much of the body it
-    covers, so the soft tissue most of an abdomen is made of gets most of the range, in CT and MR alike, without
-    knowing which it is. It is monotone, so no contrast is reversed, and the contrast-to-noise ratio is unchanged.
+    ended up 0.02 apart. Equalisation spreads each intensity range by how much of the body it covers, so the soft
+    tissue most of an abdomen is made of gets most of the range, in CT and MR alike, without knowing which it is.
+
+    Plain equalisation (MONAI ``HistogramNormalize``, used until 2026-11-30) also squeezes every *rare* range: in
+    CT everything brighter than the liver (kidneys, enhancing tumours) ended up within a few liver noise sds —
+    tumour-to-liver contrast-to-noise 1.0 against 3.1 in Hounsfield units, kidney 1.8 against 8.4 (20 generated
+    studies). So the histogram is clipped at ``clip_limit`` times its mean bin count and the excess spread evenly
+    over all bins first, as CLAHE does per tile (here once, globally: a tiled mapping would make an organ's
+    intensity depend on where it lies). The map stays monotone, and no range is stretched by more than
+    ``clip_limit + 1`` times a linear map of [lo, hi]. With a limit of 2 the CT contrasts above become 2.0 and
+    4.3, while liver-to-spleen stays at 1.1 noise sds (raw 1.1).
+    MONAI has no contrast-limited equalisation, and scikit-image's ``equalize_adapthist`` is tiled and takes no
+    mask (the body), hence the few lines here.
 
     Args:
         image: the volume, any shape.
@@ -58,21 +73,29 @@ def normalize_intensity(
         num_bins: histogram bins.
         background: voxels below ``lower + background * (upper - lower)`` (air, outside the body) stay out of the
             histogram and map to -1, so the share of air in the field of view does not change the mapping.
+        clip_limit: largest bin count, in multiples of the mean (> 1); ``inf`` for plain equalisation.
 
     Raises:
-        ValueError: the intensities are constant (or nearly so).
+        ValueError: the intensities are constant (or nearly so), or ``clip_limit`` is not > 1.
     """
-    image = image.float()
-    lo, hi = np.percentile(image.numpy(), [lower, upper])
+    if not clip_limit > 1:
+        raise ValueError(f"clip_limit must be > 1, got {clip_limit!r}")
+    values = image.float().numpy()
+    lo, hi = np.percentile(values, [lower, upper])
     if not np.isfinite(lo) or not np.isfinite(hi) or hi - lo <= 1e-6 * max(1.0, abs(hi)):
         raise ValueError("image intensities are constant (or nearly so): nothing to analyse")
-    clipped = image.clamp(float(lo), float(hi))
+    clipped = np.clip(values, lo, hi)
     body = clipped > lo + background * (hi - lo)
     if int(body.sum()) < num_bins:  # almost nothing above the background: equalise everything
-        body = torch.ones_like(body)
-    return torch.as_tensor(
-        HistogramNormalize(num_bins=num_bins, min=-1, max=1, mask=body)(clipped), dtype=torch.float32
-    )
+        body = np.ones_like(body)
+    hist, edges = np.histogram(clipped[body], num_bins, range=(float(lo), float(hi)))
+    hist = hist.astype(np.float64)
+    limit = clip_limit * hist.mean()
+    excess = np.maximum(hist - limit, 0.0).sum()
+    hist = np.minimum(hist, limit) + excess / num_bins
+    cdf = np.concatenate([[0.0], np.cumsum(hist)])
+    mapped = np.interp(clipped, edges, cdf / cdf[-1] * 2.0 - 1.0)
+    return torch.from_numpy(mapped.astype(np.float32))
 
 
 def _to_working_grid(
