@@ -8,6 +8,7 @@ import torch
 
 from unimed_core.data.boxes import voxel_to_world_boxes
 from unimed_core.data.image_io import Volume
+from unimed_core.data.preprocess import PreparedVolume
 from unimed_core.data.synthetic import SyntheticConfig, generate_case
 from unimed_core.inference.predictor import Prediction, UniMedPredictor, _component_boxes, _mask_extents
 from unimed_core.label_map import LabelMap
@@ -151,6 +152,24 @@ def test_mask_extents_are_the_masks_boxes_in_window_voxels():
     assert torch.all(lo <= torch.tensor([4.0, 8.0, 12.0]) + 1) and torch.all(lo >= torch.tensor([2.0, 6.0, 10.0]))
     assert torch.all(hi >= torch.tensor([8.0, 12.0, 16.0]) - 1) and torch.all(hi <= torch.tensor([10.0, 14.0, 16.0]))
     assert boxes[1].tolist() == [0.0] * 6
+
+
+def test_boxes_are_clipped_to_the_input_not_the_working_grid(model):
+    """The working grid's extent is rounded up past the input's: a box reaching its edge must end at the input's
+    edge, and a box only in that margin must go."""
+    source_affine = np.diag([8.0, 8.0, 10.0, 1.0])  # corner (-4, -4, -5) mm, 40 x 40 x 32 voxels to (316, 316, 315)
+    working_affine = np.diag([6.0, 6.0, 6.0, 1.0])
+    working_affine[:3, 3] = [-1.0, -1.0, -2.0]  # the same corner; 54 voxels of 6 mm reach 320 mm
+    prepared = PreparedVolume(torch.zeros((1, 54, 54, 54)), working_affine, (40, 40, 32), source_affine)
+    cyst = LM.class_index("cyst")
+    window = {
+        "boxes": torch.tensor([[0.0, 0.0, 0.0, 54.0, 54.0, 54.0], [53.5, 0.0, 0.0, 54.0, 5.0, 5.0]]),
+        "scores": torch.tensor([0.9, 0.8]),
+        "labels": torch.tensor([cyst, cyst]),
+    }
+    world, names, scores = _predictor(model)._merge_boxes([window], prepared, None)
+    np.testing.assert_allclose(world, [[-4.0, -4.0, -5.0, 316.0, 316.0, 315.0]])
+    assert names == ["cyst"] and scores.tolist() == pytest.approx([0.9])
 
 
 def test_box_source_masks_gives_boxes_on_the_input_grid(model, volume):

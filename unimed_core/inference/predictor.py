@@ -285,6 +285,12 @@ class UniMedPredictor:
             order = batched_nms(boxes, scores, labels, self.nms_iou)
             boxes, scores, labels = boxes[order], scores[order], labels[order]
         world = voxel_to_world_boxes(boxes.double().numpy(), prepared.affine)
+        # The working grid covers the input and up to one working voxel more (its extent is rounded up), so a box
+        # clamped to it can still reach past the input: clip to the input's world box, and drop what lies outside.
+        bounds = voxel_to_world_boxes(np.array([[0.0, 0.0, 0.0, *prepared.source_shape]]), prepared.source_affine)[0]
+        world = np.concatenate([np.maximum(world[:, :3], bounds[:3]), np.minimum(world[:, 3:], bounds[3:])], axis=1)
+        inside = np.all(world[:, :3] < world[:, 3:], axis=1)
+        world, scores, labels = world[inside], scores[torch.from_numpy(inside)], labels[torch.from_numpy(inside)]
         names = [self.label_map.class_names[int(c)] for c in labels]
         return world, names, scores.numpy().astype(np.float64)
 
