@@ -290,7 +290,8 @@ class UniMedPredictor:
         bounds = voxel_to_world_boxes(np.array([[0.0, 0.0, 0.0, *prepared.source_shape]]), prepared.source_affine)[0]
         world = np.concatenate([np.maximum(world[:, :3], bounds[:3]), np.minimum(world[:, 3:], bounds[3:])], axis=1)
         inside = np.all(world[:, :3] < world[:, 3:], axis=1)
-        world, scores, labels = world[inside], scores[torch.from_numpy(inside)], labels[torch.from_numpy(inside)]
+        keep = torch.from_numpy(inside)
+        world, scores, labels = world[inside], scores[keep], labels[keep]
         names = [self.label_map.class_names[int(c)] for c in labels]
         return world, names, scores.numpy().astype(np.float64)
 
