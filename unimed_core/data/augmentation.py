@@ -28,7 +28,7 @@ from monai.transforms import Affine
 if TYPE_CHECKING:  # training_data imports this module
     from unimed_core.data.training_data import LoadedCase
 
-__all__ = ["Augmentation"]
+__all__ = ["Augmentation", "DEFAULT_AUGMENTATION"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +83,7 @@ class Augmentation:
         boxes = None if semantic is not None else case.boxes  # a mask's boxes are read from the warped mask
         box_labels = None if boxes is None else case.box_labels
         return replace(case, image=image, semantic=semantic, boxes=boxes, box_labels=box_labels)
+
+
+# The training default of every loader (frozen, so one shared instance is safe as a default argument).
+DEFAULT_AUGMENTATION = Augmentation()

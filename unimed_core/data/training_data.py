@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from unimed_core.data.augmentation import Augmentation
+from unimed_core.data.augmentation import DEFAULT_AUGMENTATION, Augmentation
 from unimed_core.data.boxes import boxes_from_mask, world_to_voxel_boxes
 from unimed_core.data.image_io import read_image, read_label
 from unimed_core.data.preprocess import prepare_image, resample_label_to
@@ -194,7 +194,7 @@ class UniMedTrainingDataset(torch.utils.data.Dataset):
         patch_size: Sequence[int] = (64, 64, 64),
         spacing: Sequence[float] = (2.0, 2.0, 2.0),
         seed: int = 0,
-        augmentation: Augmentation | None = Augmentation(),  # noqa: B008 (frozen, so one shared default is safe)
+        augmentation: Augmentation | None = DEFAULT_AUGMENTATION,
     ) -> None:
         if len(patch_size) != 3 or any(int(p) <= 0 or int(p) % 16 for p in patch_size):
             raise ValueError(f"patch_size must be three positive multiples of 16, got {patch_size}")

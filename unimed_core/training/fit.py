@@ -15,7 +15,7 @@ import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 
-from unimed_core.data.augmentation import Augmentation
+from unimed_core.data.augmentation import DEFAULT_AUGMENTATION, Augmentation
 from unimed_core.data.training_data import UniMedTrainingDataset, collate_samples
 from unimed_core.label_map import LabelMap
 from unimed_core.losses.matcher import HungarianMatcher
@@ -86,7 +86,7 @@ def build_train_loader(
     num_workers: int = 0,
     seed: int = 0,
     distributed: bool = False,
-    augmentation: Augmentation | None = Augmentation(),  # noqa: B008 (frozen: one shared default is safe)
+    augmentation: Augmentation | None = DEFAULT_AUGMENTATION,
 ) -> torch.utils.data.DataLoader:
     """A shuffling loader of (patch, Target) samples, augmented per draw; a ``DistributedSampler`` under torchrun."""
     dataset = UniMedTrainingDataset(
@@ -189,7 +189,7 @@ def fit(
     seed: int = 0,
     num_workers: int = 0,
     log_every: int = 50,
-    augmentation: Augmentation | None = Augmentation(),  # noqa: B008 (frozen: one shared default is safe)
+    augmentation: Augmentation | None = DEFAULT_AUGMENTATION,
 ) -> list[dict]:
     """Train ``model`` in place; returns the logged history (step, seconds, loss terms).
 
