@@ -2,8 +2,10 @@
 
     .venv/bin/python -m benchmarks.report
 
-Reads whichever of ``quality.json``, ``claims.json`` and ``speed.json`` exist; every number in the report comes
-from them, including the closing verdict (where UniMed wins and loses, by how much), so a rerun rewrites it.
+Reads whichever of ``quality.json``, ``claims.json`` and ``speed.json`` exist, and the learning benchmark's
+``learning.json`` with the baselines trained at its scale (``baseline_learning_<task>.json``,
+``benchmarks/baseline_learning.py``); every number in the report comes from them, including the closing verdict
+(where UniMed wins and loses, by how much), so a rerun rewrites it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ QUALITY_KEYS = ("dice/liver", "dice/spleen", "dice/kidney_left", "dice/kidney_ri
                 "dice/all_mean", "hd95/liver", "hd95/spleen", "hd95/kidney_left", "hd95/kidney_right",
                 "mAP@0.10", "mAP@0.25", "mAP@0.50", "recall@0.10", "recall@0.25", "recall@0.50",
                 "AUC", "accuracy", "click_dice/mean")  # fmt: skip
+# The learning-scale comparison: (metric, the task whose baseline reports it); the first of each task is its headline.
+LEARNING_ROWS = (
+    *((f"dice/{name}", "segmentation") for name in ("organs_mean", "liver", "spleen", "kidney_left", "kidney_right",
+                                                    "cyst", "tumor", "all_mean")),
+    ("hd95/liver", "segmentation"), ("hd95/kidney_left", "segmentation"),
+    *((f"{metric}@{iou}", "detection") for metric in ("mAP", "recall") for iou in ("0.10", "0.25", "0.50")),
+    ("AUC", "classification"), ("accuracy", "classification"),
+)  # fmt: skip
+BASELINE_TASKS = ("segmentation", "detection", "classification")
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -54,6 +65,36 @@ def _quality(q: dict) -> list[str]:
              ""]  # fmt: skip
     rows = [[k, u.get(k), b.get(k), _ratio(u.get(k), b.get(k))] for k in QUALITY_KEYS if k in u or k in b]
     return lines + _table(["metric", "UniMed", "baselines", "ratio UniMed / baseline"], rows) + [""]
+
+
+def _learning_scale(learning: dict, baselines: dict[str, dict]) -> list[str]:
+    runs = "; ".join(
+        f"{task}: {b['network']}, {b['train']['steps']} steps on {b['train']['items']} items"
+        for task, b in baselines.items()
+    )
+    lines = ["## Quality at the learning benchmark's scale", "",
+             f"UniMed as `benchmarks/learning.py` trained it (`{learning['command']}`, {learning['steps']} steps, one "
+             f"model for all tasks) beside MONAI's baselines trained by `benchmarks/baseline_learning.py` with the "
+             f"same data, grid, patches, clock and CPU budget, one process each ({runs}). Same 16 held-out studies. "
+             "HD95 in mm (lower is better); every other metric higher is better.", ""]  # fmt: skip
+    rows = [
+        [f"{k} ({task})", learning["summary"].get(k), baselines.get(task, {}).get("summary", {}).get(k)]
+        for k, task in LEARNING_ROWS
+    ]
+    rows = [[k, u, b, _ratio(u, b)] for k, u, b in rows]
+    return lines + _table(["metric", "UniMed", "baseline", "ratio UniMed / baseline"], rows) + [""]
+
+
+def _learning_headline(learning: dict | None, baselines: dict[str, dict]) -> dict:
+    """The headline rows of the learning-scale comparison, shaped like ``quality.json``'s ``headline``."""
+    if not learning:
+        return {}
+    out = {}
+    for task in baselines:
+        metric = next(k for k, t in LEARNING_ROWS if t == task)
+        out[task] = {"metric": metric, "unimed": learning["summary"].get(metric),
+                     "baseline": baselines[task]["summary"].get(metric)}  # fmt: skip
+    return out
 
 
 def _claims(c: dict) -> list[str]:
@@ -108,15 +149,20 @@ METRIC_TOLERANCE = 0.02
 RATIO_TOLERANCE = 0.05
 
 
-def verdict(quality: dict | None, claims: dict | None, speed: dict | None) -> list[str]:
+def verdict(
+    quality: dict | None, claims: dict | None, speed: dict | None, learning_headline: dict | None = None
+) -> list[str]:
     """Plain sentences: where UniMed wins, where it loses, by how much (from the numbers alone)."""
     wins, losses, neutral, even = [], [], [], []
-    if quality:
-        for task, h in quality["headline"].items():
+    headlines = [("", quality["headline"])] if quality else []
+    if learning_headline:
+        headlines.append((", learning benchmark", learning_headline))
+    for scale, headline in headlines:
+        for task, h in headline.items():
             u, b = h["unimed"], h["baseline"]
             if u is None or b is None:
                 continue
-            text = f"{task} ({h['metric']}): UniMed {u:.3f} vs baseline {b:.3f} ({u - b:+.3f})"
+            text = f"{task} ({h['metric']}{scale}): UniMed {u:.3f} vs baseline {b:.3f} ({u - b:+.3f})"
             if abs(u - b) < METRIC_TOLERANCE:
                 even.append(text)
                 continue
@@ -209,6 +255,8 @@ def _load(path: Path) -> dict | None:
 def build_report(results: Path, out: Path, plots: bool = True) -> str:
     """Write ``out`` (markdown) and its plots (in ``out``'s stem folder) from ``results``; return the markdown."""
     quality, claims, speed = (_load(results / f"{n}.json") for n in ("quality", "claims", "speed"))
+    learning = _load(results / "learning.json")
+    baselines = {t: b for t in BASELINE_TASKS if (b := _load(results / f"baseline_learning_{t}.json"))}
     lines = ["# UniMed benchmarks", "",
              "Generated by `make bench` (quick mode) or `make bench-full` from `benchmarks/results/*.json` "
              "(`benchmarks/report.py`). Data: generated CT-like and MR-like studies (`benchmarks/learning.py`'s "
@@ -221,11 +269,13 @@ def build_report(results: Path, out: Path, plots: bool = True) -> str:
             lines += [f"![{name}]({folder.name}/{name})", ""]
     if quality:
         lines += _quality(quality)
+    if learning and baselines:
+        lines += _learning_scale(learning, baselines)
     if claims:
         lines += _claims(claims)
     if speed:
         lines += _speed(speed)
-    lines += verdict(quality, claims, speed)
+    lines += verdict(quality, claims, speed, _learning_headline(learning, baselines))
     text = "\n".join(lines)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)

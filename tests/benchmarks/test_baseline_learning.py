@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from benchmarks.baseline_learning import main
+from benchmarks.report import build_report
 from unimed_core.data.synthetic_dataset import generate_dataset
 
 
@@ -19,24 +20,22 @@ def test_a_baseline_trains_and_is_scored_on_the_test_split(tmp_path):
     assert 0.0 <= result["summary"]["dice/liver"] <= 1.0
 
 
-def test_the_table_puts_each_task_next_to_unimed(tmp_path):
+def test_the_report_puts_each_baseline_next_to_unimed(tmp_path):
     def baseline(task, network, summary):
         run = {"network": network, "command": f"python -m benchmarks.baseline_learning --task {task}",
                "train": {"steps": 10, "items": 5}, "summary": summary}  # fmt: skip
         (tmp_path / f"baseline_learning_{task}.json").write_text(json.dumps(run))
 
-    baseline("segmentation", "SegResNet", {"dice/liver": 0.8, "dice/organs_mean": 0.5})
+    baseline("segmentation", "SegResNet", {"dice/liver": 0.8, "dice/organs_mean": 0.9})
     baseline("classification", "DenseNet121", {"AUC": 0.9})
-    unimed = tmp_path / "learning.json"
-    unimed.write_text(json.dumps({"command": "python benchmarks/learning.py", "steps": 7,
-                                  "summary": {"dice/liver": 0.4, "dice/organs_mean": 0.5, "AUC": 0.45}}))  # fmt: skip
-    assert main(["--table", "--unimed", str(unimed), "--results", str(tmp_path)]) == 0
-    rows = {
-        line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:]
-        for line in (tmp_path / "learning_vs_baselines.md").read_text().splitlines()
-        if line.startswith("| ") and "---" not in line
-    }
-    assert rows["dice/liver (segmentation)"] == ["0.400", "0.800", "0.500 |"]
-    assert rows["AUC (classification)"] == ["0.450", "0.900", "0.500 |"]
+    (tmp_path / "learning.json").write_text(json.dumps({"command": "python benchmarks/learning.py", "steps": 7,
+        "summary": {"dice/liver": 0.4, "dice/organs_mean": 0.5, "AUC": 0.95}}))  # fmt: skip
+    text = build_report(tmp_path, tmp_path / "benchmarks.md", plots=False)
+    section = text.split("## Quality at the learning benchmark's scale")[1].split("## Verdict")[0]
+    assert "| dice/liver (segmentation) | 0.400 | 0.800 | 0.50 |" in section
+    assert "| AUC (classification) | 0.950 | 0.900 | 1.06 |" in section
     # no detection baseline was run: its rows say so instead of inventing a number
-    assert rows["mAP@0.10 (detection)"] == ["n/a", "n/a", "n/a |"]
+    assert "| mAP@0.10 (detection) | n/a | n/a | n/a |" in section
+    wins, losses = text.split("UniMed wins:")[1].split("UniMed loses")
+    assert "classification (AUC, learning benchmark): UniMed 0.950 vs baseline 0.900" in wins
+    assert "segmentation (dice/organs_mean, learning benchmark): UniMed 0.500 vs baseline 0.900" in losses
