@@ -61,7 +61,9 @@ def _quality(q: dict) -> list[str]:
              f"{q['unimed']['run']['steps']} steps on {q['training_items']} training + {q['unlabeled_items']} unlabeled "
              "items. Baselines (SegResNet / RetinaNet / DenseNet121): "
              + ", ".join(f"{t} {r['steps']} steps on {r['items']} items" for t, r in runs.items()) + ". "
-             "HD95 in mm (lower is better); every other metric higher is better. Click Dice exists only for UniMed.",
+             "HD95 in mm (lower is better); every other metric higher is better. Click Dice exists only for UniMed. "
+             "Equal CPU time means equal work only on an otherwise idle machine: beside other jobs, threads that "
+             "spin-wait for a core count as CPU time too (a run beside a test suite got a third of its steps).",
              ""]  # fmt: skip
     rows = [[k, u.get(k), b.get(k), _ratio(u.get(k), b.get(k))] for k in QUALITY_KEYS if k in u or k in b]
     return lines + _table(["metric", "UniMed", "baselines", "ratio UniMed / baseline"], rows) + [""]
