@@ -156,7 +156,7 @@ def verdict(
 ) -> list[str]:
     """Plain sentences: where UniMed wins, where it loses, by how much (from the numbers alone)."""
     wins, losses, neutral, even = [], [], [], []
-    headlines = [("", quality["headline"])] if quality else []
+    headlines = [(f", {quality['mode']} mode" if "mode" in quality else "", quality["headline"])] if quality else []
     if learning_headline:
         headlines.append((", learning benchmark", learning_headline))
     for scale, headline in headlines:

@@ -51,8 +51,8 @@ def test_report_has_the_table_rows_and_a_verdict_from_the_numbers(tmp_path):
     assert "| 64x64x64 | 3.000 | 1.290 |" in text
     assert "Speed-up 2 vs 1 process: 1.65x" in text
     wins, losses = text.split("UniMed wins:")[1].split("UniMed loses")
-    assert "segmentation (dice/all_mean): UniMed 0.610 vs baseline 0.550 (+0.060)" in wins
-    assert "detection (mAP@0.10)" in losses and "detection" not in wins
+    assert "segmentation (dice/all_mean, quick mode): UniMed 0.610 vs baseline 0.550 (+0.060)" in wins
+    assert "detection (mAP@0.10, quick mode)" in losses and "detection" not in wins
     assert "unlabeled data helps" in wins and "latency at 64x64x64: baselines take 3.00x" in wins
 
 
