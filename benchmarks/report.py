@@ -77,7 +77,7 @@ def _learning_scale(learning: dict, baselines: dict[str, dict]) -> list[str]:
     lines = ["## Quality at the learning benchmark's scale", "",
              f"UniMed as `benchmarks/learning.py` trained it (`{learning['command']}`, {learning['steps']} steps, one "
              f"model for all tasks) beside MONAI's baselines trained by `benchmarks/baseline_learning.py` with the "
-             f"same data, grid, patches, clock and CPU budget, one process each ({runs}). Same 16 held-out studies. "
+             f"same data, grid, patches, clock and CPU budget, one process each ({runs}). One run (seed) each; same 16 held-out studies. "
              "HD95 in mm (lower is better); every other metric higher is better.", ""]  # fmt: skip
     rows = [
         [f"{k} ({task})", learning["summary"].get(k), baselines.get(task, {}).get("summary", {}).get(k)]
