@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.baselines import BUILDERS, BaselinePredictor, items_for, train_baseline
+from benchmarks.baselines import BUILDERS, BaselinePredictor, train_baseline_run
 from benchmarks.learning import PATCH, SPACING, json_safe, make_data
 from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.datalist import load_datalist
@@ -41,13 +41,10 @@ def train_and_evaluate(args) -> dict:
     torch.manual_seed(args.seed)
     net = BUILDERS[args.task](label_map)
     budget_s = args.minutes * 60 * (torch.get_num_threads() if args.clock == "process" else 1)
-    cpu, wall = time.process_time(), time.monotonic()
-    history = train_baseline(
+    history, train = train_baseline_run(
         args.task, net, items["training"], label_map, patch_size=PATCH, spacing=SPACING, batch_size=2, lr=1e-3,
         max_steps=args.max_steps, time_budget_s=budget_s, time_budget_clock=args.clock, seed=args.seed,
     )  # fmt: skip
-    train = {"steps": history[-1]["step"], "cpu_s": round(time.process_time() - cpu, 1),
-             "wall_s": round(time.monotonic() - wall, 1), "items": len(items_for(args.task, items["training"]))}  # fmt: skip
     parts = {"segmenter": None, "detector": None, "classifier": None}
     parts[{"segmentation": "segmenter", "detection": "detector", "classification": "classifier"}[args.task]] = net
     predictor = BaselinePredictor(

@@ -45,6 +45,7 @@ __all__ = [
     "items_for",
     "baseline_loss",
     "train_baseline",
+    "train_baseline_run",
     "BaselinePredictor",
 ]
 
@@ -192,6 +193,19 @@ def train_baseline(
     if not history or history[-1]["step"] != step:
         history.append({"step": step, "seconds": round(time.monotonic() - start_wall, 1), "loss": float(loss.detach())})
     return history
+
+
+def train_baseline_run(
+    task: str, model: torch.nn.Module, items: Sequence[dict], label_map: LabelMap, **kwargs
+) -> tuple[list[dict], dict]:
+    """:func:`train_baseline` with the run's record for a results file: (history, {steps, cpu_s, wall_s, items,
+    final_loss})."""
+    cpu, wall = time.process_time(), time.monotonic()
+    history = train_baseline(task, model, items, label_map, **kwargs)
+    run = {"steps": history[-1]["step"], "cpu_s": round(time.process_time() - cpu, 1),
+           "wall_s": round(time.monotonic() - wall, 1), "items": len(items_for(task, items)),
+           "final_loss": history[-1]["loss"]}  # fmt: skip
+    return history, run
 
 
 class BaselinePredictor:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.baselines import BUILDERS, TASKS, BaselinePredictor, items_for, train_baseline
+from benchmarks.baselines import BUILDERS, TASKS, BaselinePredictor, train_baseline_run
 from benchmarks.common import MODES, RESULTS, Mode, evaluate_unimed, json_safe, load_items, train_unimed
 from benchmarks.learning import PATCH, SPACING
 from unimed_core.data.atomic import atomic_write_json
@@ -42,14 +42,10 @@ def run_quality(mode: Mode, label_map: LabelMap, weights_dir: Path | None = None
     baselines, runs = {}, {}
     for task in TASKS:
         net = BUILDERS[task](label_map)
-        cpu, wall = time.process_time(), time.monotonic()
-        history = train_baseline(
+        _, runs[task] = train_baseline_run(
             task, net, items["training"], label_map, patch_size=PATCH, spacing=SPACING,
             max_steps=100_000, time_budget_s=mode.budget_s, time_budget_clock="process",
         )  # fmt: skip
-        runs[task] = {"steps": history[-1]["step"], "cpu_s": round(time.process_time() - cpu, 1),
-                      "wall_s": round(time.monotonic() - wall, 1), "items": len(items_for(task, items["training"])),
-                      "final_loss": history[-1]["loss"]}  # fmt: skip
         baselines[task] = net
     combined = BaselinePredictor(
         baselines["segmentation"], baselines["detection"], baselines["classification"], label_map, SPACING, PATCH,

@@ -79,11 +79,10 @@ def _learning_scale(learning: dict, baselines: dict[str, dict]) -> list[str]:
              f"model for all tasks) beside MONAI's baselines trained by `benchmarks/baseline_learning.py` with the "
              f"same data, grid, patches, clock and CPU budget, one process each ({runs}). One run (seed) each; same 16 held-out studies. "
              "HD95 in mm (lower is better); every other metric higher is better.", ""]  # fmt: skip
-    rows = [
-        [f"{k} ({task})", learning["summary"].get(k), baselines.get(task, {}).get("summary", {}).get(k)]
-        for k, task in LEARNING_ROWS
-    ]
-    rows = [[k, u, b, _ratio(u, b)] for k, u, b in rows]
+    rows = []
+    for k, task in LEARNING_ROWS:
+        u, b = learning["summary"].get(k), baselines.get(task, {}).get("summary", {}).get(k)
+        rows.append([f"{k} ({task})", u, b, _ratio(u, b)])
     return lines + _table(["metric", "UniMed", "baseline", "ratio UniMed / baseline"], rows) + [""]
 
 
