@@ -217,16 +217,23 @@ def fit(
     history: list[dict] = []
     start = time.monotonic()
 
+    def _log(engine) -> None:
+        row = {"step": engine.state.iteration, "seconds": round(time.monotonic() - start, 1)}
+        row.update({k: float(v) for k, v in engine.state.output.items() if k != "image"})
+        history.append(row)
+
     @trainer.on(Events.ITERATION_COMPLETED)
     def _step(engine) -> None:
         schedule.step()
         if engine.state.iteration >= max_steps:
             engine.terminate()
         if engine.state.iteration % log_every == 0 or engine.state.iteration == 1:
-            out = engine.state.output
-            row = {"step": engine.state.iteration, "seconds": round(time.monotonic() - start, 1)}
-            row.update({k: float(v) for k, v in out.items() if k != "image"})
-            history.append(row)
+            _log(engine)
+
+    @trainer.on(Events.COMPLETED)
+    def _last_step(engine) -> None:  # the history ends at the last step, so that its "step" is the run's count
+        if engine.state.output is not None and (not history or history[-1]["step"] != engine.state.iteration):
+            _log(engine)
 
     if time_budget_s:
         TimeBudget(time_budget_s, time_budget_clock).attach(trainer)
