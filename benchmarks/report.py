@@ -32,6 +32,8 @@ LEARNING_ROWS = (
     ("AUC", "classification"), ("accuracy", "classification"),
 )  # fmt: skip
 BASELINE_TASKS = ("segmentation", "detection", "classification")
+# The per-arm table of the learning-scale claims (all 16 test studies).
+ARM_KEYS = ("dice/organs_mean", "dice/liver", "dice/kidney_left", "mAP@0.10", "recall@0.10", "AUC", "click_dice/mean")
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -115,7 +117,13 @@ def _claims(c: dict) -> list[str]:
                  "Difference = first arm minus second arm (for HD95 lower is better; these rows use Dice, mAP, AUC).", ""]  # fmt: skip
     rows = [[r["claim"], r["metric"], f"{r['a']}: {_fmt(r['a_value'])}", f"{r['b']}: {_fmt(r['b_value'])}",
              r["difference"], _ratio(r["a_value"], r["b_value"]), r.get("note", "")] for r in c["rows"]]  # fmt: skip
-    return lines + _table(["claim", "metric", "first arm", "second arm", "difference", "ratio", "note"], rows) + [""]
+    lines += _table(["claim", "metric", "first arm", "second arm", "difference", "ratio", "note"], rows) + [""]
+    if c["mode"] == "learning":  # what each arm trained on, and its scores on all 16 test studies
+        arms = [[name, f"{run['train']['annotated_items']} of {run['train']['items']}", run["train"]["steps"],
+                 run["train"]["cpu_s"], *(run["summary"].get(k) for k in ARM_KEYS)]
+                for name, run in sorted(c["runs"].items())]  # fmt: skip
+        lines += _table(["arm", "annotated items", "steps", "CPU s", *ARM_KEYS], arms) + [""]
+    return lines
 
 
 def _speed(s: dict) -> list[str]:

@@ -72,6 +72,8 @@ def test_arms_train_are_scored_per_domain_and_assembled_into_the_report(tmp_path
     text = build_report(results, tmp_path / "benchmarks.md", plots=False)
     assert "## The paper's claims at the learning benchmark's scale" in text
     assert "every arm trained for 2 steps" in text
+    ct_row = next(line for line in text.splitlines() if line.startswith("| ct_only |"))
+    assert ct_row.startswith(f"| ct_only | {ct_only['train']['items']} of {ct_only['train']['items']} | 2 |")
 
 
 def test_the_verdict_reads_a_one_seed_gap_as_no_evidence():
