@@ -120,7 +120,7 @@ def _claims(c: dict) -> list[str]:
     lines += _table(["claim", "metric", "first arm", "second arm", "difference", "ratio", "note"], rows) + [""]
     if c["mode"] == "learning":  # what each arm trained on, and its scores on all 16 test studies
         arms = [[name, f"{run['train']['annotated_items']} of {run['train']['items']}", run["train"]["steps"],
-                 run["train"]["cpu_s"], *(run["summary"].get(k) for k in ARM_KEYS)]
+                 round(run["train"]["cpu_s"]), *(run["summary"].get(k) for k in ARM_KEYS)]
                 for name, run in sorted(c["runs"].items())]  # fmt: skip
         lines += _table(["arm", "annotated items", "steps", "CPU s", *ARM_KEYS], arms) + [""]
     return lines
