@@ -110,7 +110,8 @@ def _claims(c: dict) -> list[str]:
                  "few-shot rows on their 8 MR-like or 8 CT-like halves). One seed is one draw: in "
                  "`benchmarks/results/learning_ablations.md` the same code's organ Dice spreads by 0.07-0.13 (sd) "
                  "over four seeds, so smaller differences here are not evidence either way. "
-                 "Difference = first arm minus second arm.", ""]  # fmt: skip
+                 "Difference = first arm minus second arm. The arms' CPU seconds (last table) include waiting for "
+                 "cores when other jobs shared the machine: they are not a speed comparison.", ""]  # fmt: skip
     else:
         lines = ["## The paper's claims", "",
                  f"Mode `{c['mode']}`, every UniMed run {c['budget_cpu_s']:.0f} s of process CPU time. "
