@@ -10,7 +10,8 @@ to be learned: its claim rows compare zeros. This script trains each arm of thos
 same fixed number of steps, so that every arm does the same work whatever else shares the machine, and scores it on
 the same held-out studies (all 16, and the MR-like and CT-like halves apart) with the bundle's predictor settings.
 ``--assemble`` turns the arms' files into ``claims_learning.json``, shaped like ``claims.json``, which
-``benchmarks/report.py`` puts into ``docs/benchmarks.md``.
+``benchmarks/report.py`` puts into ``docs/benchmarks.md``. The rows use seed 0; runs with another ``--seed`` are kept
+as ``<arm>_s<seed>`` and listed beside them in the arms' table.
 
 The training data has 96 items, 72 of them annotated, and 24 unlabeled ones; so "100 labeled" is every annotated
 item here (``mvm_all``), and "100 shots" are the 47 annotated MR-like items.
@@ -152,7 +153,8 @@ def main(argv=None) -> int:
         parser.error("give --arm (or --assemble)")
     result = run_arm(args)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / f"{args.arm}.json", json_safe(result))
+    # Seed 0 makes the claim rows; another seed's run is kept beside it (``<arm>_s<seed>``) for the arms' table.
+    atomic_write_json(folder / f"{args.arm if args.seed == 0 else f'{args.arm}_s{args.seed}'}.json", json_safe(result))
     print(json.dumps({k: result[k] for k in ("arm", "train", "eval_s")}), flush=True)
     print(json.dumps({k: v for k, v in result["summary"].items() if k != "cases"}, indent=1))
     return 0
