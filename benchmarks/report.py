@@ -170,6 +170,8 @@ METRIC_TOLERANCE = 0.02
 # A claim measured with one seed per arm at the learning benchmark's scale: the same code's organ Dice spreads by an
 # sd of 0.07-0.13 over four seeds there (benchmarks/results/learning_ablations.md), so a smaller gap decides nothing.
 SEED_SPREAD = 0.10
+# An AUC at or below this is chance on these 16 test studies: a gap between two such arms is noise, not a result.
+CHANCE_AUC = 0.55
 RATIO_TOLERANCE = 0.05
 
 
@@ -194,6 +196,9 @@ def verdict(
             if abs(u - b) < METRIC_TOLERANCE:
                 even.append(text)
                 continue
+            if h["metric"] == "AUC" and max(u, b) <= CHANCE_AUC:
+                even.append(text + f" (both at chance, AUC <= {CHANCE_AUC})")
+                continue
             (wins if u > b else losses).append(text)
     claim_sets = [(f", {c['mode']} mode" if c.get("mode") != "learning" else ", learning benchmark", c)
                   for c in (claims, learning_claims) if c]  # fmt: skip
@@ -209,6 +214,9 @@ def verdict(
                 continue
             if abs(r["difference"]) < METRIC_TOLERANCE:
                 even.append(text)
+                continue
+            if r["metric"] == "AUC" and max(r["a_value"], r["b_value"]) <= CHANCE_AUC:
+                even.append(text + f" (both at chance, AUC <= {CHANCE_AUC})")
                 continue
             if c.get("mode") == "learning" and abs(r["difference"]) < SEED_SPREAD:
                 even.append(text + f" (a gap under one seed's spread, {SEED_SPREAD})")
@@ -232,7 +240,7 @@ def verdict(
         lines += [
             "",
             f"No measurable difference (under {METRIC_TOLERANCE} in a metric, {RATIO_TOLERANCE:.0%} in a ratio; "
-            f"the learning benchmark's claims: under one seed's spread, {SEED_SPREAD}):",
+            f"the learning benchmark's claims: under one seed's spread, {SEED_SPREAD}; AUCs both at chance):",
             "",
         ]
         lines += [f"- {x}" for x in even]

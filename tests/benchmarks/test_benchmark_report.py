@@ -75,3 +75,9 @@ def test_verdict_calls_differences_under_the_tolerance_even():
     assert "segmentation (dice/all_mean)" in wins and "peak memory at 64x64x64" in wins
     even = rest.split("No measurable difference")[1]
     assert "classification (AUC)" in even and "latency at 64x64x64" in even
+    chance = {"metric": "AUC", "unimed": 0.38, "baseline": 0.46}  # a gap of 0.08 between two coin flips
+    text = "\n".join(verdict({"headline": {"classification": chance}}, None, None))
+    assert (
+        "classification (AUC): UniMed 0.380 vs baseline 0.460 (-0.080) (both at chance"
+        in text.split("No measurable")[1]
+    )

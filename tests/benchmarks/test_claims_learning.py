@@ -83,11 +83,14 @@ def test_the_verdict_reads_a_one_seed_gap_as_no_evidence():
         return {"claim": claim, "metric": "dice/organs_mean", "a": "joint", "a_value": a, "b": "segmentation only",
                 "b_value": b, "difference": a - b, "ratio": a / b, "note": ""}  # fmt: skip
 
+    at_chance = {**row("few-shot fine-tuning on MR", 0.35, 0.50), "metric": "AUC"}
     learning = {"mode": "learning", "steps": [800],
-                "rows": [row("tasks help each other", 0.75, 0.70), row("unlabeled data helps", 0.70, 0.50)]}  # fmt: skip
+                "rows": [row("tasks help each other", 0.75, 0.70), row("unlabeled data helps", 0.70, 0.50), at_chance]}  # fmt: skip
     text = "\n".join(verdict(None, None, None, None, learning))
     wins, rest = text.split("UniMed wins:")[1].split("UniMed loses")
     assert "claim 'unlabeled data helps' on dice/organs_mean, learning benchmark: joint 0.700" in wins
     assert "tasks help each other" not in wins and "tasks help each other" not in rest.split("No measurable")[0]
     assert "claim 'tasks help each other' on dice/organs_mean, learning benchmark" in rest.split("No measurable")[1]
     assert "a gap under one seed's spread" in text
+    # two AUCs at chance: neither a win nor a loss, whatever the gap
+    assert "claim 'few-shot fine-tuning on MR' on AUC" in rest.split("No measurable")[1] and "both at chance" in text
