@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.claims import arm_items, claim_row
+from benchmarks.common import labeled
 from benchmarks.learning import PATCH, SPACING, json_safe, make_data
 from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.datalist import load_datalist
@@ -49,11 +50,11 @@ METRICS = {"segmentation": "dice/organs_mean", "detection": "mAP@0.10", "classif
 
 
 def run_arm(args) -> dict:
+    if args.arm == "finetuned" and not args.init_weights:
+        raise ValueError("the finetuned arm starts from the ct_only arm's weights: pass --init-weights")
     label_map = LabelMap.default()
     items = load_datalist(make_data(args.data, args.cases, args.seed), label_map)
     data, weights = arm_items(args.arm, items["training"], items["unlabeled"], args.shots)
-    if args.arm == "finetuned" and not args.init_weights:
-        raise ValueError("the finetuned arm starts from the ct_only arm's weights: pass --init-weights")
     model = unimed_small(label_map)
     if args.init_weights:
         load_weights(model, args.init_weights)
@@ -63,7 +64,7 @@ def run_arm(args) -> dict:
         weights=weights, seed=args.seed, log_every=50,
     )  # fmt: skip
     train = {"steps": history[-1]["step"] if history else 0, "items": len(data),
-             "annotated_items": sum(any(k in i for k in ("label", "boxes", "class")) for i in data),
+             "annotated_items": len(labeled(data)),
              "cpu_s": round(time.process_time() - cpu, 1), "wall_s": round(time.monotonic() - wall, 1),
              "final_loss": history[-1].get("loss") if history else None}  # fmt: skip
     if args.save_weights:

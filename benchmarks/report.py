@@ -4,8 +4,9 @@
 
 Reads whichever of ``quality.json``, ``claims.json`` and ``speed.json`` exist, and the learning benchmark's
 ``learning.json`` with the baselines and the claims' arms trained at its scale (``baseline_learning_<task>.json``,
-``benchmarks/baseline_learning.py``; ``claims_learning.json``, ``benchmarks/claims_learning.py``); every number in the report comes from them, including the closing verdict
-(where UniMed wins and loses, by how much), so a rerun rewrites it.
+``benchmarks/baseline_learning.py``; ``claims_learning.json``, ``benchmarks/claims_learning.py``); every number in
+the report comes from them, including the closing verdict (where UniMed wins and loses, by how much), so a rerun
+rewrites it.
 """
 
 from __future__ import annotations
@@ -175,6 +176,15 @@ CHANCE_AUC = 0.55
 RATIO_TOLERANCE = 0.05
 
 
+def _no_difference(metric: str, a: float, b: float) -> str | None:
+    """Why the gap between ``a`` and ``b`` is neither a win nor a loss ("" needs no reason), or None if it is one."""
+    if abs(a - b) < METRIC_TOLERANCE:
+        return ""
+    if metric == "AUC" and max(a, b) <= CHANCE_AUC:
+        return f" (both at chance, AUC <= {CHANCE_AUC})"
+    return None
+
+
 def verdict(
     quality: dict | None,
     claims: dict | None,
@@ -193,11 +203,8 @@ def verdict(
             if u is None or b is None:
                 continue
             text = f"{task} ({h['metric']}{scale}): UniMed {u:.3f} vs baseline {b:.3f} ({u - b:+.3f})"
-            if abs(u - b) < METRIC_TOLERANCE:
-                even.append(text)
-                continue
-            if h["metric"] == "AUC" and max(u, b) <= CHANCE_AUC:
-                even.append(text + f" (both at chance, AUC <= {CHANCE_AUC})")
+            if (reason := _no_difference(h["metric"], u, b)) is not None:
+                even.append(text + reason)
                 continue
             (wins if u > b else losses).append(text)
     claim_sets = [(f", {c['mode']} mode" if c.get("mode") != "learning" else ", learning benchmark", c)
@@ -212,11 +219,8 @@ def verdict(
             if r["claim"] == "zero-shot CT -> MR":  # a transfer gap, not a contest: reported as measured
                 neutral.append(text + f" (difference {r['difference']:+.3f})")
                 continue
-            if abs(r["difference"]) < METRIC_TOLERANCE:
-                even.append(text)
-                continue
-            if r["metric"] == "AUC" and max(r["a_value"], r["b_value"]) <= CHANCE_AUC:
-                even.append(text + f" (both at chance, AUC <= {CHANCE_AUC})")
+            if (reason := _no_difference(r["metric"], r["a_value"], r["b_value"])) is not None:
+                even.append(text + reason)
                 continue
             if c.get("mode") == "learning" and abs(r["difference"]) < SEED_SPREAD:
                 even.append(text + f" (a gap under one seed's spread, {SEED_SPREAD})")
