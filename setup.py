@@ -37,6 +37,7 @@ setup(
             "unimed-make-synthetic=unimed_core.data.synthetic_dataset:main",
             "unimed-make-semisynthetic=unimed_core.data.semi_synthetic:main",
             "unimed-infer=unimed_core.cli.infer:main",
+            "unimed-prepare-dataset=unimed_core.cli.prepare_dataset:main",
         ]
     },
 )

@@ -31,6 +31,13 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2.0 * np.logical_and(a, b).sum() / denom) if denom else float("nan")
 
 
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values; NaN (without numpy's empty-slice warning) when there are none."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
 def evaluate(
     predictor: UniMedPredictor,
     items: Sequence[dict],
@@ -38,7 +45,10 @@ def evaluate(
     click_classes: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Evaluate on fully annotated items (``image``, ``label``, ``boxes``, ``box_labels``, ``class``).
+    """Evaluate on annotated items (``image`` and any of ``label``, ``boxes``/``box_labels``, ``class``).
+
+    Each level is scored on the items that have it: an item without ``label`` adds no Dice, one without
+    ``boxes`` no detection, one without ``class`` no classification (a missing key is "not annotated").
 
     Args:
         predictor: the model to evaluate.
@@ -66,24 +76,28 @@ def evaluate(
     probs, truths = [], []
     for n, item in enumerate(items):
         volume = read_image(item["image"])
-        truth = read_label(item["label"], reference=volume).array.astype(np.int64)
+        # a key the item lacks is "not annotated" (DESIGN.md §4): that level is not scored on it, never as negative
+        truth = read_label(item["label"], reference=volume).array.astype(np.int64) if "label" in item else None
         prepared = predictor.prepare(volume)  # once per case: the clicks below reuse it
         prediction = predictor.predict(volume, prepared=prepared)
         row: dict = {"image": str(item["image"]), "domain": item.get("domain", "")}
-        dice = dice_per_class(prediction.labels.astype(np.int64), truth, num_classes)
-        hd95 = hd95_per_class(prediction.labels.astype(np.int64), truth, num_classes, spacing=tuple(volume.spacing))
-        for mask_id in range(1, num_classes):
-            name = label_map.mask_classes[mask_id]
-            row[f"dice/{name}"], row[f"hd95/{name}"] = dice[mask_id], hd95[mask_id]
-        det_pred["boxes"].append(np.asarray(prediction.boxes, dtype=np.float64).reshape(-1, 6))
-        det_pred["scores"].append(np.asarray(prediction.box_scores, dtype=np.float64))
-        det_pred["labels"].append(np.array([box_names.index(b) for b in prediction.box_labels], dtype=np.int64))
-        det_gt["boxes"].append(np.asarray(item.get("boxes", []), dtype=np.float64).reshape(-1, 6))
-        det_gt["labels"].append(np.array([box_names.index(b) for b in item.get("box_labels", [])], dtype=np.int64))
-        present = set(item.get("class", []))
-        probs.append([prediction.class_probabilities[c] for c in label_map.image_classes])
-        truths.append([float(c in present) for c in label_map.image_classes])
-        for name in click_classes:
+        if truth is not None:
+            dice = dice_per_class(prediction.labels.astype(np.int64), truth, num_classes)
+            hd95 = hd95_per_class(prediction.labels.astype(np.int64), truth, num_classes, spacing=tuple(volume.spacing))
+            for mask_id in range(1, num_classes):
+                name = label_map.mask_classes[mask_id]
+                row[f"dice/{name}"], row[f"hd95/{name}"] = dice[mask_id], hd95[mask_id]
+        if "boxes" in item:
+            det_pred["boxes"].append(np.asarray(prediction.boxes, dtype=np.float64).reshape(-1, 6))
+            det_pred["scores"].append(np.asarray(prediction.box_scores, dtype=np.float64))
+            det_pred["labels"].append(np.array([box_names.index(b) for b in prediction.box_labels], dtype=np.int64))
+            det_gt["boxes"].append(np.asarray(item["boxes"], dtype=np.float64).reshape(-1, 6))
+            det_gt["labels"].append(np.array([box_names.index(b) for b in item["box_labels"]], dtype=np.int64))
+        if "class" in item:
+            present = set(item["class"])
+            probs.append([prediction.class_probabilities[c] for c in label_map.image_classes])
+            truths.append([float(c in present) for c in label_map.image_classes])
+        for name in click_classes if truth is not None else ():
             structure = truth == label_map.mask_classes_by_name()[name]
             if not structure.any():
                 continue
@@ -99,16 +113,21 @@ def evaluate(
         finite = values[np.isfinite(values)]
         summary[key] = float(finite.mean()) if len(finite) else float("nan")
     organs = [n for n in label_map.class_names[: num_classes - 1] if n not in box_names]
-    summary["dice/organs_mean"] = float(np.nanmean([summary[f"dice/{n}"] for n in organs]))
-    summary["dice/all_mean"] = float(
-        np.nanmean([summary[f"dice/{label_map.mask_classes[i]}"] for i in range(1, num_classes)])
+    summary["dice/organs_mean"] = _nanmean([summary.get(f"dice/{n}", np.nan) for n in organs])
+    summary["dice/all_mean"] = _nanmean(
+        [summary.get(f"dice/{label_map.mask_classes[i]}", np.nan) for i in range(1, num_classes)]
     )
     clicks = [summary[k] for k in summary if k.startswith("click_dice/")]
-    summary["click_dice/mean"] = float(np.nanmean(clicks)) if clicks else float("nan")
+    summary["click_dice/mean"] = _nanmean(clicks)
     summary.update(
         detection_metrics(
             det_pred["boxes"], det_pred["scores"], det_pred["labels"], det_gt["boxes"], det_gt["labels"], box_names
         )
     )
-    summary.update(classification_metrics(np.array(probs), np.array(truths), list(label_map.image_classes)))
+    n_image = len(label_map.image_classes)
+    summary.update(
+        classification_metrics(
+            np.array(probs).reshape(-1, n_image), np.array(truths).reshape(-1, n_image), list(label_map.image_classes)
+        )
+    )
     return summary, rows
