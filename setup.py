@@ -21,12 +21,18 @@ setup(
         "SimpleITK>=2.3",
         "pydicom>=3",
         "highdicom>=0.23",
+        # pydicom's decoder plugins for compressed DICOM: JPEG baseline/lossless and JPEG-LS (libjpeg), JPEG 2000
+        # (openjpeg); JPEG-LS also through pyjpegls (highdicom's), RLE through pydicom itself
+        "pylibjpeg>=2",
+        "pylibjpeg-libjpeg>=2.1",
+        "pylibjpeg-openjpeg>=2.3",
         "slicerio>=1.0",
         "scikit-learn>=1.3",
         "einops>=0.7",  # MONAI's SwinTransformer (the base variant's encoder) needs it
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5"],
+        # imagecodecs: the tests write JPEG baseline and lossless DICOM (pydicom has no encoder for them)
+        "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5", "imagecodecs"],
         "bench": ["torchvision", "matplotlib"],
         "slicer": ["slicer-core"],
         # real anatomy for semi-synthetic studies: nilearn ships the MNI152 template and masks in its wheel

@@ -74,3 +74,20 @@ def test_a_bad_input_after_a_good_one_keeps_the_finished_outputs_whole(tmp_path,
     assert all(name.startswith("a_good") for name in written) and "summary.json" not in written
     assert not [n for n in written if n.startswith(".")]  # no temporary files left
     assert nib.load(out / "a_good_seg.nii.gz").shape == (20, 20, 16)  # complete, readable
+
+
+def test_a_folder_of_several_series_needs_series(tmp_path, weights, capsys):
+    from tests.data.conftest import _write_ct_series
+
+    hu = np.zeros((6, 5, 4))
+    first = _write_ct_series(tmp_path / "dcm", hu, np.diag([1.0, 1.0, 2.0, 1.0]), description="first")
+    _write_ct_series(tmp_path / "dcm", hu, np.diag([1.0, 1.0, 3.0, 1.0]), description="second")
+    common = [str(tmp_path / "dcm"), "--weights", str(weights), "--device", "cpu", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "folder holds 2 DICOM series" in err and "'first', 6 x 5 x 4" in err and "--series UID" in err
+    assert main([*common, "--out", str(tmp_path / "out2"), "--series", "1.2.3"]) == 2
+    assert "DICOM series 1.2.3 not found" in capsys.readouterr().err
+    # the chosen series gets past reading: what is refused next is the tiny volume itself, not the folder
+    assert main([*common, "--out", str(tmp_path / "out3"), "--series", first]) == 2
+    assert "the volume spans only" in capsys.readouterr().err

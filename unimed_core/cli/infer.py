@@ -3,6 +3,7 @@
 Examples:
     unimed-infer ct.nii.gz --out results/
     unimed-infer dicom_folder/ --out results/ --classes liver tumor
+    unimed-infer dicom_folder/ --out results/ --series 1.2.840.113619.2.55.3.1234  # a folder of several series
     unimed-infer ct.nii.gz --out results/ --click 12.5,-40,88 --negative-click 20,-40,88
     unimed-infer --datalist data/datalist.json --section test --out results/
 
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--classes", nargs="+", help="only these classes (names from the label map)")
     parser.add_argument("--click", type=parse_point, action="append", default=[], help="positive click x,y,z")
     parser.add_argument("--negative-click", type=parse_point, action="append", default=[], help="negative click")
+    parser.add_argument("--series", help="SeriesInstanceUID to read from DICOM folders holding several series")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if not args.inputs and not args.datalist:
@@ -99,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_dir = Path(args.out)
         summary = []
         for path in tqdm(inputs, desc="UniMed", unit="volume", disable=args.quiet):
-            volume = read_image(path)
+            volume = read_image(path, series_uid=args.series)
             name = case_name(path)
             if args.click:
                 mask = predictor.segment_clicks(

@@ -10,8 +10,8 @@ Voxel data are never resampled or reoriented when read: ``array`` is the file's 
 invertible affine is refused with an :class:`~unimed_core.errors.ImageReadError` naming the file and the problem.
 
 Formats: NIfTI (``.nii``, ``.nii.gz``; nibabel, which applies sform/qform rules), NRRD (``.nrrd``, ``.nhdr``),
-MetaImage (``.mha``, ``.mhd``) and DICOM series (a folder, or one ``.dcm`` file of the series; SimpleITK with
-GDCM series ids). Labels are also read from and written to Slicer ``.seg.nrrd`` (slicerio), and DICOM SEG is
+MetaImage (``.mha``, ``.mhd``) and DICOM series (a folder, or one ``.dcm`` file of the series; pydicom and
+highdicom, see :mod:`unimed_core.data.dicom_series` for jittered, tilted, compressed and multi-frame series). Labels are also read from and written to Slicer ``.seg.nrrd`` (slicerio), and DICOM SEG is
 written by :func:`~unimed_core.data.dicom_seg.write_dicom_seg` (highdicom). Every write is atomic.
 """
 
@@ -246,73 +246,14 @@ def _read_itk_file(path: Path, max_bytes: int | None) -> Volume:
     return _volume_from_itk(img, path, {"format": path.name.lower().rsplit(".", 1)[-1]})
 
 
-def _slice_positions(datasets: list[Any], folder: Path) -> np.ndarray:
-    try:
-        orientation = np.asarray(datasets[0].ImageOrientationPatient, dtype=np.float64)
-        positions = np.asarray([ds.ImagePositionPatient for ds in datasets], dtype=np.float64)
-    except AttributeError as e:
-        raise ImageReadError(folder, f"DICOM series without slice geometry ({e})") from e
-    normal = np.cross(orientation[:3], orientation[3:])
-    return positions @ normal
-
-
 def _read_dicom(path: Path, series_uid: str | None, max_bytes: int | None) -> Volume:
-    import pydicom
-    import SimpleITK as sitk
+    from unimed_core.data.dicom_series import load_series, select_series
 
     folder = path if path.is_dir() else path.parent
-    if series_uid is None and not path.is_dir():
-        try:
-            series_uid = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
-        except Exception as e:
-            raise ImageReadError(path, f"corrupt or unreadable DICOM file ({type(e).__name__}: {e})") from e
-    uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    if not uids:
-        raise ImageReadError(folder, "no DICOM series found in the folder")
-    if series_uid is None:
-        if len(uids) > 1:
-            raise ImageReadError(
-                folder, f"folder holds {len(uids)} DICOM series ({', '.join(uids)}); choose one with series_uid="
-            )
-        series_uid = uids[0]
-    if series_uid not in uids:
-        raise ImageReadError(folder, f"DICOM series {series_uid} not found; the folder holds {', '.join(uids)}")
-    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
-    try:
-        datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-    except Exception as e:
-        raise ImageReadError(folder, f"corrupt DICOM file in series {series_uid} ({type(e).__name__}: {e})") from e
-    if len(files) == 1 and int(getattr(datasets[0], "NumberOfFrames", 1) or 1) == 1:
-        raise ImageReadError(folder, f"2-D image: DICOM series {series_uid} has a single slice")
-    if len(files) > 1:
-        # GDCM sorts by position along the slice normal; ITK would silently stack a series with gaps.
-        steps = np.diff(_slice_positions(datasets, folder))
-        median = float(np.median(steps))
-        if abs(median) < 1e-6 or np.max(np.abs(steps - median)) > 1e-3 + 1e-2 * abs(median):
-            raise ImageReadError(
-                folder,
-                f"missing or unevenly spaced slices in DICOM series {series_uid}: steps between the "
-                f"{len(files)} slices range from {np.min(np.abs(steps)):.4g} to {np.max(np.abs(steps)):.4g} mm",
-            )
-    first = datasets[0]
-    frames = int(getattr(first, "NumberOfFrames", 1) or 1)
-    _check_size(
-        folder, (int(getattr(first, "Columns", 0)), int(getattr(first, "Rows", 0)), len(files) * frames), max_bytes
-    )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        img = reader.Execute()
-    except RuntimeError as e:
-        raise ImageReadError(folder, f"cannot read DICOM series {series_uid} ({_itk_problem(e)})") from e
-    meta = {
-        "format": "dicom",
-        "modality": str(getattr(datasets[0], "Modality", "")) or None,
-        "series_uid": series_uid,
-        "dicom_datasets": datasets,
-        "dicom_files": [Path(f) for f in files],
-    }
-    return _volume_from_itk(img, folder, meta)
+    chosen = select_series(path, series_uid)
+    _check_size(folder, chosen.shape, max_bytes)
+    array, lps, meta = load_series(chosen, folder)
+    return Volume(_check_array(array, folder), _check_affine(lps_to_ras(lps), folder), folder, meta)
 
 
 def read_image(path: str | Path, series_uid: str | None = None, max_bytes: int | None = None) -> Volume:
@@ -327,12 +268,12 @@ def read_image(path: str | Path, series_uid: str | None = None, max_bytes: int |
 
     Returns:
         A :class:`Volume`; ``meta["format"]`` names the format, DICOM adds ``modality``, ``series_uid`` and
-        ``dicom_datasets``.
+        ``dicom_datasets`` (``dicom_resampled`` instead when jittered or tilted slices were resampled).
 
     Raises:
         ImageReadError: missing, unknown, corrupt or truncated file; 2-D, 4-D, multi-channel or empty volume;
-            NaN/Inf voxels; degenerate affine; DICOM folder with no, several (without ``series_uid``) or
-            gapped series; a volume larger than ``max_bytes`` allows (the message gives the size).
+            NaN/Inf voxels; degenerate affine; DICOM folder with no, several (without ``series_uid``, listing
+            them) or gapped series (naming the missing positions); a volume larger than ``max_bytes`` allows.
     """
     path = Path(path)
     if not path.exists():
