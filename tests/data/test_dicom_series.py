@@ -257,3 +257,37 @@ def test_non_image_objects_are_skipped_with_a_note_each(tmp_path, write_ct_serie
         assert expected in text
     assert vol.meta["series_uid"] == series
     np.testing.assert_array_equal(vol.array, reference.array)
+
+
+@pytest.mark.parametrize("source", ["tilted", "multi-frame"])
+def test_dicom_seg_on_a_grid_that_is_not_the_source_slices(tmp_path, write_ct_series, source):
+    import highdicom as hd
+    import pydicom
+
+    hu = np.random.default_rng(2).integers(-200, 200, size=(6, 8, 5)).astype(float)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    if source == "tilted":
+        write_ct_series(tmp_path / "dcm", hu, affine, positions=_positions(affine, 5, inplane_mm=1.0))
+        with pytest.warns(DicomNote):
+            vol = read_image(tmp_path / "dcm")
+    else:
+        write_ct_series(tmp_path / "single", hu, affine)
+        legacy = [pydicom.dcmread(f) for f in sorted((tmp_path / "single").glob("*.dcm"))]
+        (tmp_path / "dcm").mkdir()
+        enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+            legacy, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(), instance_number=1
+        )
+        enhanced.save_as(tmp_path / "dcm" / "enhanced.dcm")
+        vol = read_image(tmp_path / "dcm")
+    labels = np.zeros(vol.shape, np.int16)
+    labels[1:4, 2:7, 1:4] = LabelMap.default().mask_classes_by_name()["liver"]
+    write_dicom_seg(labels, vol, tmp_path / "seg.dcm", LabelMap.default())
+    seg = hd.seg.segread(tmp_path / "seg.dcm").get_volume(combine_segments=True)
+    # the SEG's frames lie where the mask's voxels are: same world position of each labelled voxel
+    lps = np.asarray(seg.affine)[:, [2, 1, 0, 3]]
+    ours = np.argwhere(labels > 0)
+    theirs = np.argwhere(np.asarray(seg.array).transpose(2, 1, 0) > 0)
+    world = lambda a, ijk: np.c_[ijk, np.ones(len(ijk))] @ a.T  # noqa: E731
+    np.testing.assert_allclose(
+        np.sort(world(LPS @ vol.affine, ours)[:, :3], axis=0), np.sort(world(lps, theirs)[:, :3], axis=0), atol=1e-4
+    )

@@ -1,9 +1,11 @@
 """Write a label volume as a DICOM Segmentation object (highdicom) referencing its source DICOM series.
 
-The reference must be a :class:`~unimed_core.data.image_io.Volume` read from a DICOM series, whose
-``meta["dicom_datasets"]`` holds the series' datasets in slice order ``k`` (``read_image`` keeps them), so that
-frame ``k`` of the SEG is ``labels[:, :, k]`` on source image ``k``. Segment numbers are 1..S in order of label
-id; each segment's label is the class name of the label map.
+The reference must be a :class:`~unimed_core.data.image_io.Volume` read from DICOM. When its grid is the
+series' own slices, ``meta["dicom_datasets"]`` holds the series' datasets in slice order ``k`` (``read_image``
+keeps them), so that frame ``k`` of the SEG is ``labels[:, :, k]`` on source image ``k``. When it is not (slices
+resampled for jitter or gantry tilt, a multi-frame source), ``meta["dicom_source_datasets"]`` are the sources
+referenced and each frame carries its own position, computed from the volume's affine. Segment numbers are 1..S
+in order of label id; each segment's label is the class name of the label map.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from unimed_core.label_map import LabelMap
 if TYPE_CHECKING:
     from unimed_core.data.image_io import Volume
 
-__all__ = ["write_dicom_seg", "ALGORITHM_NAME"]
+__all__ = ["write_dicom_seg", "has_dicom_source", "ALGORITHM_NAME"]
 
 ALGORITHM_NAME = "UniMed"
 
@@ -51,6 +53,25 @@ def _version() -> str:
         return "unknown"
 
 
+def has_dicom_source(reference: Volume) -> bool:
+    """Whether ``reference`` was read from DICOM datasets that a DICOM SEG can reference."""
+    return bool(reference.meta.get("dicom_datasets") or reference.meta.get("dicom_source_datasets"))
+
+
+def _frames_on_own_grid(numbered: np.ndarray, reference: Volume, datasets) -> object:
+    """The SEG frames as a highdicom Volume with the reference's geometry, for grids that are not the sources'."""
+    import highdicom as hd
+
+    # highdicom indexes (slice, row, column) and works in LPS; UniMed (i = column, j = row, k = slice) in RAS
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ reference.affine
+    return hd.Volume(
+        numbered.transpose(2, 1, 0),
+        lps[:, [2, 1, 0, 3]],
+        coordinate_system="PATIENT",
+        frame_of_reference_uid=str(getattr(datasets[0], "FrameOfReferenceUID", "")) or None,
+    )
+
+
 def write_dicom_seg(
     labels: np.ndarray,
     reference: Volume,
@@ -62,7 +83,8 @@ def write_dicom_seg(
 
     Args:
         labels: non-negative integer array with ``reference.shape``; 0 is background.
-        reference: a volume read from a DICOM series by ``read_image`` (``meta["dicom_datasets"]`` is needed).
+        reference: a volume read from DICOM by ``read_image`` (``meta["dicom_datasets"]`` or
+            ``meta["dicom_source_datasets"]`` is needed).
         path: output file (``.dcm``).
         label_map: gives each label id its segment label.
         series_description: SeriesDescription of the SEG.
@@ -79,7 +101,8 @@ def write_dicom_seg(
 
     version = _version()
     path = Path(path)
-    datasets = reference.meta.get("dicom_datasets")
+    own_grid = bool(reference.meta.get("dicom_datasets"))
+    datasets = reference.meta.get("dicom_datasets") or reference.meta.get("dicom_source_datasets")
     if not datasets:
         raise ValueError(
             "write_dicom_seg needs a reference read from a DICOM series (meta['dicom_datasets']); "
@@ -88,7 +111,7 @@ def write_dicom_seg(
     labels = np.asarray(labels)
     if labels.shape != reference.shape:
         raise ValueError(f"labels shape {labels.shape} does not match the reference image shape {reference.shape}")
-    if len(datasets) != reference.shape[2]:
+    if own_grid and len(datasets) != reference.shape[2]:
         raise ValueError(f"reference has {len(datasets)} DICOM datasets for {reference.shape[2]} slices")
     ids = [int(v) for v in np.unique(labels) if v != 0]
     unknown = [i for i in ids if i not in label_map.mask_classes]
@@ -120,7 +143,7 @@ def write_dicom_seg(
     numbered = np.zeros(labels.shape, dtype=np.uint16)
     for number, label_id in enumerate(ids, start=1):
         numbered[labels == label_id] = number
-    pixel_array = numbered.transpose(2, 1, 0)
+    pixel_array = numbered.transpose(2, 1, 0) if own_grid else _frames_on_own_grid(numbered, reference, datasets)
     seg = hd.seg.Segmentation(
         source_images=list(datasets),
         pixel_array=pixel_array,

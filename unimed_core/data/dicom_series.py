@@ -368,13 +368,14 @@ def _multi_frame(chosen: DicomSeries, folder: Path) -> tuple[np.ndarray, np.ndar
         array = array[:, :, ::-1]
         lps[:3, 3] += (array.shape[2] - 1) * lps[:3, 2]
         lps[:3, 2] *= -1
-    return _integer_if_exact(np.ascontiguousarray(array)), lps, {"dicom_files": list(chosen.files)}
+    meta = {"dicom_files": list(chosen.files), "dicom_source_datasets": list(chosen.headers)}
+    return _integer_if_exact(np.ascontiguousarray(array)), lps, meta
 
 
 def load_series(chosen: DicomSeries, folder: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Voxels ``[i, j, k]`` (i along columns, j along rows, k along the slice normal), the voxel → **LPS** affine,
     and meta (``modality``, ``series_uid``, ``dicom_files``; ``dicom_datasets`` when the grid is the source
-    slices, ``dicom_resampled`` saying why when it is not)."""
+    slices; else ``dicom_source_datasets``, and ``dicom_resampled`` saying why when slices were resampled)."""
     folder = Path(folder)
     if chosen.frames > len(chosen.files):
         array, lps, meta = _multi_frame(chosen, folder)

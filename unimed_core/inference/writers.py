@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from unimed_core.data.atomic import atomic_write_json
-from unimed_core.data.dicom_seg import write_dicom_seg
+from unimed_core.data.dicom_seg import has_dicom_source, write_dicom_seg
 from unimed_core.data.image_io import Volume, write_label
 from unimed_core.inference.predictor import COORDINATES, Prediction
 from unimed_core.label_map import LabelMap
@@ -80,7 +80,7 @@ def write_prediction(
         "label_nifti": write_label(prediction.labels, reference, out_dir / f"{name}_seg.nii.gz", label_map),
         "label_seg_nrrd": write_label(prediction.labels, reference, out_dir / f"{name}.seg.nrrd", label_map),
     }
-    if reference.meta.get("dicom_datasets"):
+    if has_dicom_source(reference):
         written["label_dicom_seg"] = write_dicom_seg(
             prediction.labels, reference, out_dir / f"{name}_seg.dcm", label_map
         )
