@@ -291,3 +291,20 @@ def test_dicom_seg_on_a_grid_that_is_not_the_source_slices(tmp_path, write_ct_se
     np.testing.assert_allclose(
         np.sort(world(LPS @ vol.affine, ours)[:, :3], axis=0), np.sort(world(lps, theirs)[:, :3], axis=0), atol=1e-4
     )
+
+
+def test_damaged_compressed_pixel_data_names_the_file_and_the_transfer_syntax(tmp_path, write_ct_series):
+    import pydicom
+
+    hu = np.zeros((40, 36, 3))
+    write_ct_series(tmp_path / "dcm", hu, np.eye(4), transfer_syntax=dicom_uid.JPEG2000Lossless)
+    broken = sorted((tmp_path / "dcm").glob("*.dcm"))[1]
+    ds = pydicom.dcmread(broken)
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\0" * 40])  # a J2K start marker and nothing usable
+    ds.save_as(broken)
+    with pytest.raises(
+        ImageReadError, match=rf"cannot decode the pixel data of {broken.name} \(transfer syntax JPEG 2000"
+    ):
+        read_image(tmp_path / "dcm")
