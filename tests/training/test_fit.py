@@ -93,3 +93,39 @@ def test_process_clock_budget_stops_early(items):
     """A CPU-time budget ends the run although max_steps would allow more steps."""
     history = fit(tiny_model(), items, LM, max_steps=50, time_budget_s=1e-3, time_budget_clock="process", **FAST)
     assert [row["step"] for row in history] == [1]
+
+
+def test_resumed_run_matches_an_uninterrupted_one(items, tmp_path):
+    """A run stopped at an epoch's end and resumed from its checkpoint ends with the same weights, bit for bit."""
+    steps = dict(max_steps=4, **FAST)  # 4 items, batch 2: two epochs of two steps
+    whole = tiny_model()
+    fit(whole, items, LM, **steps)
+    ckpt = tmp_path / "run.pt"
+    first = tiny_model()
+    history = fit(
+        first, items, LM, checkpoint=ckpt, stop_after_s=1e-3, snapshot_steps=[1], snapshot_dir=tmp_path, **steps
+    )
+    assert [row["step"] for row in history] == [1, 2]  # stopped at the first epoch's end
+    assert (tmp_path / "run.pt.sha256").is_file() and (tmp_path / "step_1.pt.sha256").is_file()
+    resumed = tiny_model(seed=123)  # other initial weights: everything must come from the checkpoint
+    history = fit(resumed, items, LM, checkpoint=ckpt, **steps)
+    assert [row["step"] for row in history] == [1, 2, 3, 4]  # the history runs on across the pieces
+    assert history[-1]["cpu_seconds"] >= history[1]["cpu_seconds"]
+    for name, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    finished = tiny_model()
+    assert fit(finished, items, LM, checkpoint=ckpt, **steps)[-1]["step"] == 4  # a finished run trains no more
+    assert all(torch.equal(v, finished.state_dict()[k]) for k, v in whole.state_dict().items())
+
+
+def test_altered_checkpoint_is_refused(items, tmp_path):
+    ckpt = tmp_path / "run.pt"
+    fit(tiny_model(), items, LM, checkpoint=ckpt, max_steps=2, **FAST)
+    ckpt.write_bytes(ckpt.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="sha256 does not match"):
+        fit(tiny_model(), items, LM, checkpoint=ckpt, max_steps=4, **FAST)
+
+
+def test_snapshots_need_a_folder(items):
+    with pytest.raises(ValueError, match="snapshot_dir"):
+        fit(tiny_model(), items, LM, max_steps=1, snapshot_steps=[1], **FAST)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from ignite.engine import Events
@@ -20,9 +21,11 @@ from unimed_core.data.training_data import UniMedTrainingDataset, collate_sample
 from unimed_core.label_map import LabelMap
 from unimed_core.losses.matcher import HungarianMatcher
 from unimed_core.losses.set_criterion import SetCriterion
+from unimed_core.model.weights import save_weights
 from unimed_core.tokenizer import Tokenizer
 from unimed_core.training.joint_iteration import JointIteration
 from unimed_core.training.objective import JointObjective
+from unimed_core.training.resumable import ResumableCheckpoint
 
 # Mask2Former's balance for the set terms (class 2, mask BCE 5, Dice 5); the box-token term is already a sum
 # over six coordinates plus an L1, so it gets 1. The unsupervised term is on, so unlabelled volumes count.
@@ -92,12 +95,18 @@ def build_train_loader(
     dataset = UniMedTrainingDataset(
         items, label_map, Tokenizer(model.vocab), patch_size, spacing, seed=seed, augmentation=augmentation
     )
-    sampler = torch.utils.data.DistributedSampler(dataset, seed=seed) if distributed else None
+    # The order of an epoch is a function of (seed, epoch) alone (``set_epoch``, called at every epoch's start), on
+    # one process as under torchrun: a run resumed at an epoch's end draws what an uninterrupted one would. (A
+    # shuffling loader's generator also advances when ignite ends an epoch and exhausts the sampler, which the
+    # checkpoint at that epoch's end cannot see.)
+    if distributed:
+        sampler = torch.utils.data.DistributedSampler(dataset, seed=seed)
+    else:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=1, rank=0, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=sampler is None,
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate_samples,
@@ -153,8 +162,10 @@ def build_trainer(
     amp: bool = False,
     seed: int = 0,
     handlers: Sequence | None = None,
+    iteration: JointIteration | None = None,
 ) -> SupervisedTrainer:
-    """MONAI's ``SupervisedTrainer`` running the joint objective (mixed precision when ``amp`` and on CUDA)."""
+    """MONAI's ``SupervisedTrainer`` running the joint objective (mixed precision when ``amp`` and on CUDA);
+    ``iteration``: its iteration update, default ``JointIteration(seed=seed)``."""
     trainer = SupervisedTrainer(
         device=torch.device(device),
         max_epochs=max_epochs,
@@ -162,7 +173,7 @@ def build_trainer(
         network=model,
         optimizer=optimizer,
         loss_function=objective,
-        iteration_update=JointIteration(seed=seed),
+        iteration_update=JointIteration(seed=seed) if iteration is None else iteration,
         train_handlers=list(handlers or []),
         amp=amp and torch.device(device).type == "cuda",
     )
@@ -190,12 +201,25 @@ def fit(
     num_workers: int = 0,
     log_every: int = 50,
     augmentation: Augmentation | None = DEFAULT_AUGMENTATION,
+    checkpoint: str | Path | None = None,
+    checkpoint_every_s: float = 600.0,
+    stop_after_s: float | None = None,
+    snapshot_steps: Sequence[int] = (),
+    snapshot_dir: str | Path | None = None,
 ) -> list[dict]:
     """Train ``model`` in place; returns the logged history (step, seconds, loss terms).
 
     Learning rate: linear warm-up over 5 % of ``max_steps`` then cosine decay, so that a time-budgeted run
     that stops early still ends at a sensible rate only if ``max_steps`` is close to what the budget allows.
+
+    Runs longer than a session: with ``checkpoint`` (one file, :class:`ResumableCheckpoint`) the run resumes from
+    it when it exists, saves it every ``checkpoint_every_s`` wall seconds at an epoch's end and when it stops, and
+    stops cleanly at the first epoch end after ``stop_after_s`` wall seconds. ``snapshot_steps``: the weights are
+    also saved at these steps as ``snapshot_dir/step_<N>.pt`` (sha256 beside), for a learning curve read from them.
+    The history's ``seconds`` and ``cpu_seconds`` count from the run's first step, across resumptions.
     """
+    if snapshot_steps and snapshot_dir is None:
+        raise ValueError("snapshot_steps need a snapshot_dir")
     torch.manual_seed(seed)
     model.to(device)
     objective = build_objective(model, label_map, weights)
@@ -213,12 +237,38 @@ def fit(
         ),
     )
     epochs = max(1, -(-max_steps // max(1, len(loader))))
-    trainer = build_trainer(model, objective, loader, optimizer, device, epochs, amp, seed)
+    iteration = JointIteration(seed=seed)
+    trainer = build_trainer(model, objective, loader, optimizer, device, epochs, amp, seed, iteration=iteration)
     history: list[dict] = []
-    start = time.monotonic()
+    # seconds of earlier pieces of a resumed run (wall, CPU), so that the history's clocks run on across them
+    spent = {"seconds": 0.0, "cpu_seconds": 0.0}
+    resumable = None
+    if checkpoint is not None:
+        resumable = ResumableCheckpoint(
+            checkpoint,
+            {"model": model, "optimizer": optimizer, "schedule": schedule, "trainer": trainer,
+             "iteration": iteration},
+            extra={
+                "torch_rng": (torch.get_rng_state, torch.set_rng_state),  # MONAI transforms and samplers draw from it
+                "history": (lambda: list(history), lambda rows: history.extend(rows)),
+                "spent": (lambda: _spent_now(), lambda value: spent.update(value)),
+            },
+            every_s=checkpoint_every_s,
+            stop_after_s=stop_after_s,
+        )  # fmt: skip
+        resumable.load()
+    start, cpu_start = time.monotonic(), time.process_time()
+
+    def _spent_now() -> dict:
+        return {
+            "seconds": spent["seconds"] + time.monotonic() - start,
+            "cpu_seconds": spent["cpu_seconds"] + time.process_time() - cpu_start,
+        }
 
     def _log(engine) -> None:
-        row = {"step": engine.state.iteration, "seconds": round(time.monotonic() - start, 1)}
+        now = _spent_now()
+        row = {"step": engine.state.iteration, "seconds": round(now["seconds"], 1),
+               "cpu_seconds": round(now["cpu_seconds"], 1)}  # fmt: skip
         row.update({k: float(v) for k, v in engine.state.output.items() if k != "image"})
         history.append(row)
 
@@ -229,6 +279,8 @@ def fit(
             engine.terminate()
         if engine.state.iteration % log_every == 0 or engine.state.iteration == 1:
             _log(engine)
+        if engine.state.iteration in snapshot_steps:
+            save_weights(model, Path(snapshot_dir) / f"step_{engine.state.iteration}.pt")
 
     @trainer.on(Events.COMPLETED)
     def _last_step(engine) -> None:  # the history ends at the last step, so that its "step" is the run's count
@@ -237,5 +289,8 @@ def fit(
 
     if time_budget_s:
         TimeBudget(time_budget_s, time_budget_clock).attach(trainer)
-    trainer.run()
+    if resumable is not None:
+        resumable.attach(trainer)  # after _last_step, so that the saved history ends at the last step
+    if trainer.state.iteration < max_steps:
+        trainer.run()
     return history
