@@ -40,8 +40,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "unimed-make-synthetic=unimed_core.data.synthetic_dataset:main",
-            "unimed-make-semisynthetic=unimed_core.data.semi_synthetic:main",
+            "unimed-make-synthetic=unimed_core.synthetic.dataset:main",
+            "unimed-make-semisynthetic=unimed_core.synthetic.semi_synthetic:main",
             "unimed-infer=unimed_core.cli.infer:main",
             "unimed-prepare-dataset=unimed_core.cli.prepare_dataset:main",
         ]

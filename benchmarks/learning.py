@@ -21,13 +21,13 @@ import torch
 
 from unimed_core.data.atomic import atomic_write_json, atomic_write_text
 from unimed_core.data.datalist import load_datalist
-from unimed_core.data.synthetic import SyntheticConfig
-from unimed_core.data.synthetic_dataset import generate_dataset
 from unimed_core.evaluation import evaluate
 from unimed_core.inference.predictor import UniMedPredictor
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_small
 from unimed_core.model.weights import load_weights, save_weights
+from unimed_core.synthetic.case import SyntheticConfig
+from unimed_core.synthetic.dataset import generate_dataset
 from unimed_core.training.fit import fit
 
 TARGETS = {"dice/organs_mean": 0.85, "mAP@0.10": 0.6, "AUC": 0.9, "click_dice/mean": 0.8}

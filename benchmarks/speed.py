@@ -44,13 +44,13 @@ from benchmarks.common import MODES, RESULTS, Mode, load_items
 from benchmarks.learning import PATCH, SPACING
 from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.image_io import read_image
-from unimed_core.data.reproducible_nifti import save_nifti_reproducible
-from unimed_core.data.synthetic import SyntheticConfig, generate_case
 from unimed_core.inference.predictor import UniMedPredictor
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_small
 from unimed_core.model.weights import load_weights
 from unimed_core.paths import REPO_ROOT
+from unimed_core.synthetic.case import SyntheticConfig, generate_case
+from unimed_core.synthetic.reproducible_nifti import save_nifti_reproducible
 from unimed_core.training.fit import fit
 
 __all__ = ["FOV_MM", "make_volume", "measure_inference", "training_throughput", "ddp_scaling", "main"]

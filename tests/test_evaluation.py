@@ -12,11 +12,11 @@ from scipy import ndimage
 from unimed_core.data.boxes import world_to_voxel_points
 from unimed_core.data.datalist import load_datalist
 from unimed_core.data.image_io import Volume, read_label
-from unimed_core.data.synthetic import SyntheticConfig
-from unimed_core.data.synthetic_dataset import generate_dataset
 from unimed_core.evaluation import evaluate, interior_point
 from unimed_core.inference.predictor import Prediction, UniMedPredictor
 from unimed_core.label_map import LabelMap
+from unimed_core.synthetic.case import SyntheticConfig
+from unimed_core.synthetic.dataset import generate_dataset
 
 LM = LabelMap.default()
 

@@ -6,7 +6,7 @@ import json
 
 from benchmarks.baseline_learning import main
 from benchmarks.report import build_report
-from unimed_core.data.synthetic_dataset import generate_dataset
+from unimed_core.synthetic.dataset import generate_dataset
 
 
 def test_a_baseline_trains_and_is_scored_on_the_test_split(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from benchmarks.claims import arm_items
 from benchmarks.claims_learning import main
 from benchmarks.report import build_report, verdict
-from unimed_core.data.synthetic_dataset import generate_dataset
+from unimed_core.synthetic.dataset import generate_dataset
 
 
 def _items():

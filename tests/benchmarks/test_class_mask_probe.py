@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 
 from benchmarks.class_mask_probe import main, probe
-from unimed_core.data.synthetic import SyntheticConfig
-from unimed_core.data.synthetic_dataset import generate_dataset
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_small
 from unimed_core.model.weights import save_weights
+from unimed_core.synthetic.case import SyntheticConfig
+from unimed_core.synthetic.dataset import generate_dataset
 
 LM = LabelMap.default()
 

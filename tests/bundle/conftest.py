@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from unimed_core.data.synthetic_dataset import generate_dataset
 from unimed_core.model.factory import unimed_small
 from unimed_core.model.weights import save_weights
 from unimed_core.paths import REPO_ROOT
+from unimed_core.synthetic.dataset import generate_dataset
 
 BUNDLE = REPO_ROOT / "bundle"
 CONFIGS = BUNDLE / "configs"

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from unimed_core.cli.infer import main, parse_point
-from unimed_core.data.reproducible_nifti import save_nifti_reproducible
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_small
 from unimed_core.model.weights import save_weights
+from unimed_core.synthetic.reproducible_nifti import save_nifti_reproducible
 
 # 24 x 24 x 16 voxels of 2 mm: the working grid (2 mm) fits one 64³ window of the default predictor
 AFFINE = np.array([[2.0, 0, 0, -40.0], [0, 2.0, 0, -30.0], [0, 0, 2.0, -20.0], [0, 0, 0, 1]])

@@ -14,8 +14,8 @@ from unimed_core.data.datalist import (
     load_datalist,
     write_datalist,
 )
-from unimed_core.data.synthetic_dataset import generate_dataset
 from unimed_core.label_map import LabelMap
+from unimed_core.synthetic.dataset import generate_dataset
 
 LM = LabelMap.default()
 

@@ -15,8 +15,9 @@ import pytest
 import SimpleITK as sitk
 from pydicom import uid as dicom_uid
 
+from unimed_core.data.dicom_seg import write_dicom_seg
 from unimed_core.data.dicom_series import DicomNote
-from unimed_core.data.image_io import read_image, write_dicom_seg
+from unimed_core.data.image_io import read_image
 from unimed_core.errors import ImageReadError
 from unimed_core.label_map import LabelMap
 

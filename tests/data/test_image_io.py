@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from unimed_core.data.image_io import Volume, read_image, read_label, write_dicom_seg, write_label
+from unimed_core.data.dicom_seg import write_dicom_seg
+from unimed_core.data.image_io import Volume, read_image, read_label, write_label
 from unimed_core.errors import ImageReadError, ImageWriteError
 from unimed_core.label_map import LabelMap
 

@@ -136,7 +136,7 @@ def test_normalisation_spreads_soft_tissue(domain):
     (about 2.4 times with the contrast limit of 2, 3.5 times without)."""
     from monai.transforms import ScaleIntensityRangePercentiles
 
-    from unimed_core.data.synthetic import SyntheticConfig, generate_case
+    from unimed_core.synthetic.case import SyntheticConfig, generate_case
 
     case = generate_case(3, SyntheticConfig(domain=domain, shape=(48, 48, 40), spacing=(8.0, 8.0, 9.0)))
     out = normalize_intensity(torch.as_tensor(case.image)[None])[0].numpy()
@@ -156,7 +156,7 @@ def test_contrast_limit_keeps_rare_bright_tissue_visible():
     equalisation squeezes it within a few liver noise sds, the contrast limit keeps more of the raw contrast."""
     from scipy import ndimage
 
-    from unimed_core.data.synthetic import SyntheticConfig, generate_case
+    from unimed_core.synthetic.case import SyntheticConfig, generate_case
 
     case = generate_case(3, SyntheticConfig(domain="ct", shape=(64, 64, 56), spacing=(6.0, 6.0, 6.5)))
     liver = ndimage.binary_erosion(case.label == 1, iterations=2)
@@ -194,7 +194,7 @@ def test_restore_in_slabs_equals_one_call():
 def test_axis_aligned_nearest_restore_equals_the_resampler(code):
     """The indexing fast path gives exactly what MONAI's SpatialResample gives on the same grids."""
     from unimed_core.data.preprocess import _restore_axis_aligned_nearest
-    from unimed_core.data.synthetic import orientation_affine
+    from unimed_core.synthetic.case import orientation_affine
 
     shape = (30, 26, 21)
     volume = Volume(_ramp(shape), orientation_affine(code, (1.5, 1.3, 2.5), shape))

@@ -9,8 +9,6 @@ from scipy import ndimage
 
 from unimed_core.data.boxes import boxes_from_mask
 from unimed_core.data.datalist import annotation_item, load_datalist, write_datalist
-from unimed_core.data.reproducible_nifti import save_nifti_reproducible
-from unimed_core.data.synthetic import SyntheticConfig, generate_case
 from unimed_core.data.training_data import (
     LoadedCase,
     UniMedTrainingDataset,
@@ -20,6 +18,8 @@ from unimed_core.data.training_data import (
     load_case,
 )
 from unimed_core.label_map import LabelMap
+from unimed_core.synthetic.case import SyntheticConfig, generate_case
+from unimed_core.synthetic.reproducible_nifti import save_nifti_reproducible
 from unimed_core.tokenizer import Tokenizer, Vocabulary
 
 LM = LabelMap.default()

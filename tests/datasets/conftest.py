@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from unimed_core.data.synthetic import SyntheticCase, SyntheticConfig, generate_case
 from unimed_core.label_map import LabelMap
+from unimed_core.synthetic.case import SyntheticCase, SyntheticConfig, generate_case
 
 LM = LabelMap.default()
 ID = LM.mask_classes_by_name()

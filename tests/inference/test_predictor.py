@@ -9,10 +9,10 @@ import torch
 from unimed_core.data.boxes import voxel_to_world_boxes
 from unimed_core.data.image_io import Volume
 from unimed_core.data.preprocess import PreparedVolume
-from unimed_core.data.synthetic import SyntheticConfig, generate_case
 from unimed_core.inference.predictor import Prediction, UniMedPredictor, _component_boxes, _mask_extents
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_tiny
+from unimed_core.synthetic.case import SyntheticConfig, generate_case
 
 LM = LabelMap.default()
 SPACING = (10.0, 10.0, 10.0)  # (40, 40, 32) voxels of (8, 8, 10) mm → a 32³ working grid

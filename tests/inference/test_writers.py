@@ -13,10 +13,10 @@ import pytest
 import slicerio
 
 from unimed_core.data.image_io import Volume, read_image
-from unimed_core.data.reproducible_nifti import save_nifti_reproducible
 from unimed_core.inference.predictor import Prediction
 from unimed_core.inference.writers import case_name, markups_roi_document, write_prediction
 from unimed_core.label_map import LabelMap
+from unimed_core.synthetic.reproducible_nifti import save_nifti_reproducible
 
 LM = LabelMap.default()
 SHAPE = (12, 10, 8)

@@ -21,11 +21,11 @@ import pytest
 import torch
 from monailabel_helpers import CASE_CONFIG, NOISE, STUDIES
 
-from unimed_core.data.reproducible_nifti import save_nifti_reproducible
-from unimed_core.data.synthetic import generate_case
 from unimed_core.model.factory import unimed_small
 from unimed_core.model.weights import save_weights
 from unimed_core.paths import DEFAULT_WEIGHTS, REPO_ROOT
+from unimed_core.synthetic.case import generate_case
+from unimed_core.synthetic.reproducible_nifti import save_nifti_reproducible
 
 # the server environment's interpreter: its `monailabel` script runs whatever `python` is first on PATH
 SERVER_PYTHON = REPO_ROOT / ".venv-monailabel" / "bin" / "python"

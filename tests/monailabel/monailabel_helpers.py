@@ -6,8 +6,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from unimed_core.data.synthetic import SyntheticConfig
 from unimed_core.paths import REPO_ROOT
+from unimed_core.synthetic.case import SyntheticConfig
 
 __all__ = ["CASE_CONFIG", "STUDIES", "NOISE", "app_module"]
 

@@ -44,7 +44,7 @@ def oblique_case(tmp_path_factory):
     """``(path, case)``: a synthetic CT-like study on an oblique grid, saved as NIfTI."""
     import nibabel as nib
 
-    from unimed_core.data.synthetic import SyntheticConfig, generate_case
+    from unimed_core.synthetic.case import SyntheticConfig, generate_case
 
     affine = oblique_affine(SHAPE, SPACING)
     case = generate_case(CASE_SEED, SyntheticConfig(shape=SHAPE, spacing=SPACING, orientation=affine))
@@ -60,7 +60,7 @@ def permuted_case(tmp_path_factory):
     coverage is checked here; the oblique study checks geometry."""
     import nibabel as nib
 
-    from unimed_core.data.synthetic import SyntheticConfig, generate_case
+    from unimed_core.synthetic.case import SyntheticConfig, generate_case
 
     shape, spacing = (SHAPE[1], SHAPE[0], SHAPE[2]), (SPACING[1], SPACING[0], SPACING[2])
     case = generate_case(CASE_SEED, SyntheticConfig(shape=shape, spacing=spacing, orientation="PLS"))

@@ -10,9 +10,9 @@ from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 
 from unimed_core.data.datalist import load_datalist
-from unimed_core.data.synthetic_dataset import generate_dataset
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_tiny
+from unimed_core.synthetic.dataset import generate_dataset
 from unimed_core.training.fit import TimeBudget, build_objective, build_train_loader, build_trainer, fit
 
 LM = LabelMap.default()

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from monai.transforms import Affine
 
-if TYPE_CHECKING:  # training_data imports this module
-    from unimed_core.data.training_data import LoadedCase
+from unimed_core.data.loaded_case import LoadedCase
 
 __all__ = ["Augmentation", "DEFAULT_AUGMENTATION"]
 
@@ -42,7 +40,7 @@ class Augmentation:
         intensity_shift: then shifted by up to this much either way (the working range is [-1, 1]).
 
     Example:
-        >>> from unimed_core.data.training_data import LoadedCase
+        >>> from unimed_core.data.loaded_case import LoadedCase
         >>> case = LoadedCase(torch.zeros(1, 8, 8, 8), None, None, None, None)
         >>> Augmentation()(case, np.random.default_rng(0)).image.shape
         torch.Size([1, 8, 8, 8])

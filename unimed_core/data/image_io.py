@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from unimed_core.data.atomic import atomic_write
-from unimed_core.data.dicom_seg import write_dicom_seg
 from unimed_core.errors import ImageReadError, ImageWriteError
 from unimed_core.label_map import LabelMap
 
@@ -34,7 +33,6 @@ __all__ = [
     "read_image",
     "read_label",
     "write_label",
-    "write_dicom_seg",
     "lps_to_ras",
     "IMAGE_SUFFIXES",
     "LABEL_WRITE_SUFFIXES",
@@ -404,7 +402,7 @@ def write_label(labels: np.ndarray, reference: Volume, path: str | Path, label_m
         reference: the image the labels were computed on; its affine is written.
         path: ``.nii.gz``/``.nii`` (int16, qform and sform), ``.seg.nrrd`` (Slicer segments with names and
             colours from ``label_map``, label value = mask id), ``.nrrd`` (LPS space, as ITK writes), ``.mha``.
-            Use :func:`write_dicom_seg` for DICOM SEG.
+            Use :func:`unimed_core.data.dicom_seg.write_dicom_seg` for DICOM SEG.
         label_map: names and colours of the ids, for ``.seg.nrrd``.
 
     Returns:

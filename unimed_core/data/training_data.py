@@ -10,7 +10,6 @@ mask, or per box when only boxes are annotated.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from scipy import ndimage
 from unimed_core.data.augmentation import DEFAULT_AUGMENTATION, Augmentation
 from unimed_core.data.boxes import boxes_from_mask, world_to_voxel_boxes
 from unimed_core.data.image_io import read_image, read_label
+from unimed_core.data.loaded_case import LoadedCase
 from unimed_core.data.preprocess import prepare_image, resample_label_to
 from unimed_core.errors import ImageReadError
 from unimed_core.label_map import LabelMap
@@ -26,17 +26,6 @@ from unimed_core.model.targets import Target
 from unimed_core.tokenizer import Tokenizer
 
 __all__ = ["LoadedCase", "load_case", "crop_case", "build_target", "UniMedTrainingDataset", "collate_samples"]
-
-
-@dataclass
-class LoadedCase:
-    """One datalist item on the working grid; None fields are "not annotated"."""
-
-    image: torch.Tensor  # (1, D, H, W) float32
-    semantic: torch.Tensor | None  # (D, H, W) long mask ids
-    boxes: np.ndarray | None  # (N, 6) voxel XYZXYZ corners on the working grid
-    box_labels: np.ndarray | None  # (N,) class indices
-    image_classes: list[int] | None  # class indices present (empty list: annotated, none present)
 
 
 def load_case(item: dict, label_map: LabelMap, spacing: Sequence[float]) -> LoadedCase:

@@ -15,8 +15,8 @@ import numpy as np
 
 from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.datalist import COORDINATES
-from unimed_core.data.reproducible_nifti import save_nifti_reproducible
-from unimed_core.data.synthetic import SyntheticConfig, generate_case
+from unimed_core.synthetic.case import SyntheticConfig, generate_case
+from unimed_core.synthetic.reproducible_nifti import save_nifti_reproducible
 
 __all__ = ["SAMPLE_NAME", "SAMPLE_SEED", "make_sample", "main"]
 

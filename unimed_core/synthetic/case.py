@@ -589,9 +589,3 @@ def generate_case(
     kinds = {les.class_name for les in lesions}
     image_labels = [n for n in label_map.image_classes if n in kinds]
     return SyntheticCase(image, lut[codes], affine, lesions, image_labels, config.domain)
-
-
-if __name__ == "__main__":  # the command line lives with the dataset writer; this keeps the old entry working
-    from unimed_core.data.synthetic_dataset import main
-
-    raise SystemExit(main())

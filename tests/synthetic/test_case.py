@@ -1,4 +1,4 @@
-"""Tests of the synthetic study generator (unimed_core.data.synthetic)."""
+"""Tests of the synthetic study generator (unimed_core.synthetic.case)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from scipy import ndimage
 
 from unimed_core.data.boxes import world_to_voxel_points
-from unimed_core.data.synthetic import SyntheticConfig, generate_case, orientation_affine
-from unimed_core.data.synthetic_dataset import allocate, generate_dataset, main
 from unimed_core.label_map import LabelMap
+from unimed_core.synthetic.case import SyntheticConfig, generate_case, orientation_affine
+from unimed_core.synthetic.dataset import allocate, generate_dataset, main
 
 LM = LabelMap.default()
 ID = {name: i for i, name in LM.mask_classes.items()}

@@ -1,6 +1,6 @@
 """Synthetic datasets on disk: many generated studies, their split and annotation level, and a datalist.
 
-:func:`generate_dataset` draws each study with :func:`unimed_core.data.synthetic.generate_case`, writes the image
+:func:`generate_dataset` draws each study with :func:`unimed_core.synthetic.case.generate_case`, writes the image
 and label as NIfTI, and lists the study in a datalist at the annotation level the plan gave it (mask, boxes,
 image labels or none); ``unimed-make-synthetic`` is its command line.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from unimed_core.data.datalist import COORDINATES, LEVELS, annotation_item, label_map_to_dict, write_datalist
-from unimed_core.data.reproducible_nifti import save_nifti_reproducible
-from unimed_core.data.synthetic import DOMAINS, SyntheticConfig, generate_case
 from unimed_core.label_map import LabelMap
+from unimed_core.synthetic.case import DOMAINS, SyntheticConfig, generate_case
+from unimed_core.synthetic.reproducible_nifti import save_nifti_reproducible
 
 __all__ = ["DEFAULT_LEVELS", "allocate", "plan_splits", "generate_dataset", "main"]
 
@@ -130,7 +130,7 @@ def generate_dataset(
     datalist: dict = {
         "name": "unimed-synthetic",
         "description": f"synthetic abdominal studies, seed {seed}, {n_cases} cases "
-                       "(unimed_core.data.synthetic_dataset)",
+                       "(unimed_core.synthetic.dataset)",
         "coordinates": COORDINATES,
         "label_map": label_map_to_dict(label_map),
         "training": [], "validation": [], "test": [], "unlabeled": [],

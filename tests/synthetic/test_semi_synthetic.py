@@ -1,4 +1,4 @@
-"""Tests of semi-synthetic studies on real anatomy (unimed_core.data.semi_synthetic)."""
+"""Tests of semi-synthetic studies on real anatomy (unimed_core.synthetic.semi_synthetic)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from unimed_core.data.datalist import load_datalist
-from unimed_core.data.semi_synthetic import (
+from unimed_core.synthetic.semi_synthetic import (
     SOURCES,
     available_sources,
     load_source,
@@ -93,7 +93,7 @@ def test_unknown_source_and_listing(capsys):
 
 
 def test_missing_source_is_reported_with_what_to_install(monkeypatch, tmp_path, capsys):
-    import unimed_core.data.semi_synthetic as semi
+    import unimed_core.synthetic.semi_synthetic as semi
 
     monkeypatch.setattr(semi, "MRICRON_TEMPLATES", tmp_path / "nowhere")
     reason = available_sources()["colin27"]

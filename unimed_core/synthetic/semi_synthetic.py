@@ -29,8 +29,8 @@ import numpy as np
 from scipy import ndimage
 
 from unimed_core.data.datalist import COORDINATES, annotation_item, label_map_to_dict, write_datalist
-from unimed_core.data.reproducible_nifti import save_nifti_reproducible
-from unimed_core.data.synthetic import (
+from unimed_core.label_map import LabelMap
+from unimed_core.synthetic.case import (
     LESION_KINDS,
     SyntheticCase,
     SyntheticLesion,
@@ -42,8 +42,8 @@ from unimed_core.data.synthetic import (
     _waves,
     _world_box,
 )
-from unimed_core.data.synthetic_dataset import plan_splits
-from unimed_core.label_map import LabelMap
+from unimed_core.synthetic.dataset import plan_splits
+from unimed_core.synthetic.reproducible_nifti import save_nifti_reproducible
 
 __all__ = [
     "SOURCES",
@@ -281,7 +281,7 @@ def make_semi_synthetic_dataset(
     include_derived: bool = True,
 ) -> Path:
     """Write ``imagesTr/``, ``labelsTr/`` and ``datalist.json`` (same format as
-    :func:`unimed_core.data.synthetic_dataset.generate_dataset`, with this source's label map); return the datalist.
+    :func:`unimed_core.synthetic.dataset.generate_dataset`, with this source's label map); return the datalist.
 
     Args:
         out_dir: output folder.
@@ -290,7 +290,7 @@ def make_semi_synthetic_dataset(
         source: a name of :data:`SOURCES`; ``ValueError`` saying what to install when it is missing.
         stride: keep every ``stride``-th voxel.
         levels, n_validation, n_test: annotation levels and held-out sizes (see
-            :func:`unimed_core.data.synthetic_dataset.plan_splits`).
+            :func:`unimed_core.synthetic.dataset.plan_splits`).
         include_derived: mask-level items also carry boxes and classes.
     """
     vol = load_source(source, stride)
