@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from unimed_core.data.dicom_series import DicomNote
 from unimed_core.data.image_io import read_image
 from unimed_core.errors import ImageReadError, ImageWriteError
 
@@ -112,7 +113,8 @@ def test_dicom_folder_without_series(tmp_path):
     folder = tmp_path / "notdicom"
     folder.mkdir()
     (folder / "readme.txt").write_text("no images here")
-    expect(folder, "no DICOM series found")
+    with pytest.warns(DicomNote, match="readme.txt skipped: not a readable DICOM file"):
+        expect(folder, "no DICOM series found in the folder .*readme.txt skipped")
 
 
 def test_dicom_folder_with_two_series(tmp_path, write_ct_series):
