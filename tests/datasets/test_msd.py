@@ -95,3 +95,8 @@ def test_names_and_domains():
     assert domain_of("CT") == "ct" and domain_of("FLAIR") == "mr" and domain_of("T2") == "mr"
     with pytest.raises(ValueError, match="no letters"):
         canonical_name("  ")
+
+
+def test_a_task_without_finding_classes_claims_no_negatives(msd_task, tmp_path):
+    items = load_datalist(convert_msd(msd_task, tmp_path, findings=[]))["training"]
+    assert all("label" in it and "class" not in it and "boxes" not in it for it in items)

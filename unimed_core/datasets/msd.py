@@ -3,7 +3,8 @@
 Layout (``Task03_Liver/``): ``dataset.json`` (``labels`` id → name, ``modality``, ``training`` image/label
 pairs, ``test`` images), ``imagesTr/``, ``labelsTr/``, ``imagesTs/``. Every training study is fully labelled,
 so it gets its mask, one box per connected component of each finding class (world RAS mm) and the image label
-"finding present" — ``"class": []`` when it has none (a known negative, not a missing label). ``imagesTs``
+"finding present" — ``"class": []`` when it has none (a known negative, not a missing label). A task without
+finding classes (Spleen, Heart, Hippocampus) gives masks only: it annotates no lesions, so claims none absent. ``imagesTs``
 become unlabeled items. Multi-modal tasks (BrainTumour, Prostate) store 4-D images; ``channel`` picks one
 modality, written as 3-D NIfTI to the output folder.
 
@@ -165,17 +166,11 @@ def convert_msd(
         label_path = str(label.path)
         if any(k != v for k, v in mapping.items()):
             label_path = write_relabelled(labels, label, out_dir / "labels" / label.path.name)
-        boxes, box_labels, present = lesion_annotation(labels, label.affine, finding_ids)
-        items.append(
-            {
-                "image": str(image),
-                "label": label_path,
-                "boxes": boxes,
-                "box_labels": box_labels,
-                "class": present,
-                "domain": domain,
-            }
-        )
+        item = {"image": str(image), "label": label_path, "domain": domain}
+        if finding_ids:  # a task without finding classes (Spleen, Heart, ...) says nothing about lesions
+            boxes, box_labels, present = lesion_annotation(labels, label.affine, finding_ids)
+            item.update({"boxes": boxes, "box_labels": box_labels, "class": present})
+        items.append(item)
     if not items:
         raise ValueError(f"{root / 'dataset.json'}: lists no training studies")
     training, validation = split_validation(items, validation_fraction, seed)
