@@ -44,7 +44,7 @@ def probe(weights: Path, datalist: Path, split: str, max_studies: int) -> dict:
         case = crop_case(load_case(item, label_map, SPACING), PATCH, np.random.default_rng(0))
         with torch.no_grad():
             embeddings, _ = model.encode(case.image[None])
-            logits = model.class_masks(embeddings)
+            logits = model.class_masks(embeddings, case.image[None])
             prob = F.interpolate(logits, size=PATCH, mode="trilinear")[0].sigmoid()
         semantic = case.semantic
         body = case.image[0] > case.image.min() + 0.1

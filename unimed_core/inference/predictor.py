@@ -178,7 +178,7 @@ class UniMedPredictor:
         def run_window(patch: torch.Tensor, slices) -> torch.Tensor:
             with self._autocast():
                 embeddings, levels = self.model.encode(patch)
-                out, class_masks = self.model.decode_with_class_masks(embeddings, levels)
+                out, class_masks = self.model.decode_with_class_masks(embeddings, levels, image=patch)
                 generated = self._generate_detections(embeddings, out) if self.detection_path == "composed" else None
             scores = self._semantic_scores(out, class_masks)
             for b, sl in enumerate(slices):
@@ -210,7 +210,8 @@ class UniMedPredictor:
 
     def _semantic_scores(self, out, class_masks: torch.Tensor) -> torch.Tensor:
         """(B, K, D', H', W') per-class scores in [0, 1] from ``semantic_source`` (``class_masks``: the class
-        tokens' mask logits that ``decode_with_class_masks`` gave with ``out``)."""
+        tokens' mask logits that ``decode_with_class_masks`` gave with ``out``). The class tokens' masks may be on a
+        finer grid than the queries' (``FineClassHead``): the queries' scores are then interpolated to it."""
         parts = []
         if self.semantic_source in ("queries", "both"):
             latent = out.layout.latent
@@ -219,6 +220,8 @@ class UniMedPredictor:
             parts.append(torch.einsum("bnk,bndhw->bkdhw", cls, masks))
         if self.semantic_source in ("class_tokens", "both"):
             parts.append(class_masks[:, self._mask_classes].float().sigmoid())
+        size = max((p.shape[2:] for p in parts), key=lambda shape: shape.numel())
+        parts = [p if p.shape[2:] == size else F.interpolate(p, size=size, mode="trilinear") for p in parts]
         return sum(parts) / len(parts)
 
     def _labels_from_scores(self, scores: torch.Tensor, wanted: set[int] | None) -> torch.Tensor:

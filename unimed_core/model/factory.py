@@ -12,6 +12,7 @@ from unimed_core.label_map import LabelMap
 from unimed_core.model.composed_decoder import ComposedDecoder
 from unimed_core.model.decomposed_decoder import DecomposedDecoder
 from unimed_core.model.encoder import ConvEncoder3D, SwinEncoder3D
+from unimed_core.model.fine_class_head import FineClassHead
 from unimed_core.model.image_evidence import ImageEvidence
 from unimed_core.model.pixel_decoder import PixelDecoder3D
 from unimed_core.model.prompt_encoder import PromptEncoder
@@ -33,6 +34,7 @@ def build_unimed(
     output_stride: int = 2,
     dropout: float = 0.0,
     image_evidence: bool = True,
+    fine_class_masks: bool = True,
 ) -> UniMed:
     """Assemble a UniMed around ``encoder`` with matching pixel decoder, decoders, prompt encoder and heads.
 
@@ -48,6 +50,7 @@ def build_unimed(
         output_stride: stride of ``E``.
         dropout: dropout of the transformers.
         image_evidence: image labels also read the class tokens' masks (``ImageEvidence``).
+        fine_class_masks: the class tokens' masks are refined to the input grid (``FineClassHead``).
     """
     pixel_decoder = PixelDecoder3D(encoder.out_channels, encoder.strides, embed_dim, output_stride=output_stride)
     return UniMed(
@@ -75,6 +78,7 @@ def build_unimed(
         embed_dim=embed_dim,
         reconstruction_head=ReconstructionHead(embed_dim, pixel_decoder.embedding_stride, encoder.in_channels),
         image_evidence=ImageEvidence(len(vocab.class_names)) if image_evidence else None,
+        fine_class_head=FineClassHead(embed_dim, encoder.in_channels) if fine_class_masks else None,
     )
 
 

@@ -71,6 +71,8 @@ class UniMed(nn.Module):
             ``volume_mask`` may not be given).
         image_evidence: fuses the image query's logits with the class tokens' masks
             (:class:`~unimed_core.model.image_evidence.ImageEvidence`), or None for the image query alone.
+        fine_class_head: refines the class tokens' masks to the input grid
+            (:class:`~unimed_core.model.fine_class_head.FineClassHead`), or None to keep them on ``E``'s grid.
 
     Example:
         >>> from unimed_core.model.factory import unimed_small
@@ -91,6 +93,7 @@ class UniMed(nn.Module):
         embed_dim: int,
         reconstruction_head: nn.Module | None = None,
         image_evidence: nn.Module | None = None,
+        fine_class_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         require_positive_ints(embed_dim=embed_dim)
@@ -129,6 +132,7 @@ class UniMed(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.reconstruction_head = reconstruction_head
         self.image_evidence = image_evidence
+        self.fine_class_head = fine_class_head
         self.vocab = vocab
         self.embed_dim = embed_dim
         self.token_embedding = nn.Embedding(vocab.size, embed_dim)
@@ -179,33 +183,42 @@ class UniMed(nn.Module):
         return self.decode_with_class_masks(embeddings, levels, prompts)[0]
 
     def decode_with_class_masks(
-        self, embeddings: torch.Tensor, levels: list[torch.Tensor], prompts: PromptBatch | None = None
+        self,
+        embeddings: torch.Tensor,
+        levels: list[torch.Tensor],
+        prompts: PromptBatch | None = None,
+        image: torch.Tensor | None = None,
     ) -> tuple[DecomposedOutput, torch.Tensor]:
         """:meth:`decode`, plus the class tokens' masks (:meth:`class_masks`) it computed on the way, for callers
-        that need them too (the class-mask loss, the predictor's label volume)."""
+        that need them too (the class-mask loss, the predictor's label volume). ``image``: the input ``E`` was
+        encoded from; with it the class masks are on its grid (:meth:`class_masks`)."""
         queries, present = self._prompt_queries(prompts, embeddings.shape[0])
         anchors, anchored = None, None
         if queries is not None:
             queries, anchors, anchored = self.prompt_encoder.ground(queries, prompts.tokens, embeddings)
         class_embed = self.token_embedding(self.class_token_ids)
         decomposed = self.decomposed_decoder(levels, embeddings, class_embed, queries, present, anchors, anchored)
-        class_masks = self.class_masks(embeddings)
+        class_masks = self.class_masks(embeddings, image)
         if self.image_evidence is not None:
             decomposed = dataclasses.replace(
                 decomposed, image_logits=self.image_evidence(decomposed.image_logits, class_masks)
             )
         return decomposed, class_masks
 
-    def class_masks(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, C, D', H', W') mask logits of every class token (no decoder layers: the token itself as query).
+    def class_masks(self, embeddings: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, D', H', W') mask logits of every class token (no decoder layers: the token itself as query);
+        (B, C, D, H, W), on the grid of ``image``, when the model has a ``fine_class_head`` and ``image`` is given.
 
         Trained against each class's semantic mask wherever a sample has masks, this dense term teaches ``E`` and
         the shared class embeddings to separate the classes voxel by voxel from the first steps, which the
         set-matched queries (Mask2Former's slow start) and the class prompts then build on.
         """
         b = embeddings.shape[0]
-        class_embed = self.token_embedding(self.class_token_ids)
-        return self.decomposed_decoder.masks_from_hidden(class_embed.expand(b, -1, -1), embeddings)
+        class_embed = self.token_embedding(self.class_token_ids).expand(b, -1, -1)
+        coarse = self.decomposed_decoder.masks_from_hidden(class_embed, embeddings)
+        if self.fine_class_head is None or image is None:
+            return coarse
+        return self.fine_class_head(coarse, class_embed, embeddings, image)
 
     def _memory_mask(self, decomposed: DecomposedOutput, prompts: PromptBatch | None) -> torch.Tensor | None:
         """(B, Q) bool memory mask hiding absent prompt queries from the composed decoder, or None."""
@@ -251,7 +264,7 @@ class UniMed(nn.Module):
         if prompts is not None and (not isinstance(prompts, PromptBatch) or prompts.tokens.shape[0] != image.shape[0]):
             self._prompt_queries(prompts, image.shape[0])  # raises with the reason, before any heavy work
         embeddings, levels = self.encode(image)
-        decomposed, class_masks = self.decode_with_class_masks(embeddings, levels, prompts)
+        decomposed, class_masks = self.decode_with_class_masks(embeddings, levels, prompts, image)
 
         composed = None
         if sequences is not None:

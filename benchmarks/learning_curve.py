@@ -1,0 +1,221 @@
+"""Quality against training steps and CPU time: one long, resumable run, read from its saved snapshots.
+
+Three subcommands, so that a run of several CPU-hours can span working sessions that end without warning:
+
+    # train (resumes from RUN/checkpoint.pt when it exists; stops cleanly at an epoch end after --stop-after-min)
+    OMP_NUM_THREADS=1 python -m benchmarks.learning_curve train --run runs/curve_s0 --seed 0 --total-steps 9600 \
+        --stop-after-min 100
+    # evaluate every snapshot RUN/step_<N>.pt not yet evaluated (held-out test split, the bundle's settings)
+    OMP_NUM_THREADS=1 python -m benchmarks.learning_curve evaluate --run runs/curve_s0
+    # gather every run's evaluations into benchmarks/results/learning_curve.json, a table and a plot
+    python -m benchmarks.learning_curve assemble runs/curve_s0 [runs/curve_s1 ...]
+
+Same data, grid, patch, batch and optimiser as ``benchmarks/learning.py`` (its 144 generated studies, 6 mm, 64³,
+batch 2, AdamW 1e-3). Snapshots are taken at budgets that double (``--snapshot-steps``, 600 steps ≈ 15 CPU-minutes
+of the small model on one thread). They are points on *one* run's cosine schedule over ``--total-steps``: an early
+snapshot is at a high learning rate, so it is a lower bound on what a run of that length with its own schedule
+would reach, and the curve's slope at the end says whether more steps help.
+
+Each evaluation reports one metric per task (organ Dice, lesion mAP@0.1, image-label AUC, click Dice) for each
+path that can give it (detection: the decomposed queries and the label volume's components; label volume: queries
+and class tokens), so the curve also says which path learns first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.learning import LESION_RADIUS_MM, PATCH, SPACING, json_safe, make_data
+from unimed_core.data.atomic import atomic_write_json, atomic_write_text
+from unimed_core.data.datalist import load_datalist
+from unimed_core.evaluation import evaluate
+from unimed_core.inference.predictor import UniMedPredictor
+from unimed_core.label_map import LabelMap
+from unimed_core.model.factory import unimed_small
+from unimed_core.model.weights import load_weights, save_weights
+from unimed_core.training.fit import fit
+
+DEFAULT_SNAPSHOTS = (300, 600, 1200, 2400, 4800, 9600)
+# The headline metric of each task, and where it is read from (name of the evaluation, key in its summary).
+HEADLINE = {
+    "organ Dice": ("label_volume", "dice/organs_mean"),
+    "lesion mAP@0.1 (queries)": ("decomposed", "mAP@0.10"),
+    "lesion mAP@0.1 (label volume)": ("components", "mAP@0.10"),
+    "image AUC": ("label_volume", "AUC"),
+    "click Dice": ("label_volume", "click_dice/mean"),
+}
+RESULTS = Path("benchmarks/results")
+
+
+def _items(data: Path, seed: int):
+    label_map = LabelMap.default()
+    return label_map, load_datalist(make_data(data, 144, seed), label_map)
+
+
+def train(args) -> int:
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    label_map, items = _items(args.data, args.data_seed)
+    model = _model(label_map, not args.coarse_class_masks)
+    config = {"seed": args.seed, "fine_class_masks": not args.coarse_class_masks, "total_steps": args.total_steps, "snapshot_steps": list(args.snapshot_steps),
+              "lr": args.lr, "batch_size": 2, "spacing": SPACING, "patch": PATCH, "data": str(args.data),
+              "data_seed": args.data_seed, "lesion_radius_mm": LESION_RADIUS_MM,
+              "threads": torch.get_num_threads(), "machine": platform.platform()}  # fmt: skip
+    config_path = run / "config.json"
+    if config_path.exists():
+        before = json.loads(config_path.read_text())
+        changed = {k: (before.get(k), v) for k, v in config.items() if k not in ("threads", "machine")
+                   and json.loads(json.dumps(before.get(k))) != json.loads(json.dumps(v))}  # fmt: skip
+        if changed:
+            raise SystemExit(f"{run}: this run was started with other settings, not resuming: {changed}")
+    else:
+        atomic_write_json(config_path, config)
+    start = time.monotonic()
+    history = fit(
+        model, items["training"] + items["unlabeled"], label_map, patch_size=PATCH, spacing=SPACING, batch_size=2,
+        lr=args.lr, max_steps=args.total_steps, seed=args.seed, log_every=25, checkpoint=run / "checkpoint.pt",
+        checkpoint_every_s=args.checkpoint_every_min * 60, stop_after_s=args.stop_after_min * 60,
+        snapshot_steps=args.snapshot_steps, snapshot_dir=run,
+    )  # fmt: skip
+    atomic_write_json(run / "history.json", json_safe(history))
+    last = history[-1] if history else {}
+    print(f"{run}: at step {last.get('step')} ({last.get('cpu_seconds')} CPU s in all), "
+          f"{time.monotonic() - start:.0f} s this piece", flush=True)  # fmt: skip
+    if last.get("step", 0) >= args.total_steps:
+        save_weights(model, run / "final.pt")
+    return 0
+
+
+def _model(label_map: LabelMap, fine_class_masks: bool = True):
+    model = unimed_small(label_map)
+    if not fine_class_masks:  # the ablation: class-token masks on the grid of E, as before FineClassHead
+        model.fine_class_head = None
+    return model
+
+
+def evaluate_weights(weights: Path, items: list[dict], label_map: LabelMap, fine_class_masks: bool = True) -> dict:
+    """Headline metrics of ``weights`` on ``items``, with the bundle's predictor settings."""
+    model = _model(label_map, fine_class_masks)
+    load_weights(model, weights)
+    torch.manual_seed(0)
+    predictor = UniMedPredictor(model, label_map, spacing=SPACING, roi_size=PATCH, score_threshold=0.05,
+                                semantic_source="both")  # fmt: skip
+    results = {}
+    results["label_volume"], _ = evaluate(predictor, items, label_map)
+    predictor.detection_path = "segmentation"
+    results["components"], _ = evaluate(predictor, items, label_map, click_classes=[])
+    results["decomposed"] = {k: v for k, v in results["label_volume"].items() if k.startswith(("mAP", "recall", "AP@"))}
+    return results
+
+
+def evaluate_run(args) -> int:
+    run = Path(args.run)
+    config = json.loads((run / "config.json").read_text())
+    label_map, items = _items(Path(config["data"]), config["data_seed"])
+    snapshots = sorted(run.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else []
+    for path in snapshots:
+        out = run / f"eval_{path.stem}_{args.split}.json"
+        if out.exists():
+            continue
+        step = int(path.stem.split("_")[1])
+        start = time.monotonic()
+        results = evaluate_weights(path, items[args.split], label_map, config.get("fine_class_masks", True))
+        cpu = next((row.get("cpu_seconds") for row in history if row["step"] >= step), None)
+        atomic_write_json(out, json_safe({"step": step, "cpu_seconds": cpu, "split": args.split, "weights": str(path),
+                                          "eval_seconds": round(time.monotonic() - start, 1), **results}))  # fmt: skip
+        print(f"{out}: " + ", ".join(f"{k} {_headline(results, k):.3f}" for k in HEADLINE), flush=True)
+    return 0
+
+
+def _headline(results: dict, name: str) -> float:
+    source, key = HEADLINE[name]
+    value = results.get(source, {}).get(key)
+    return float("nan") if value is None else float(value)
+
+
+def assemble(args) -> int:
+    rows = []
+    for run in map(Path, args.runs):
+        config = json.loads((run / "config.json").read_text())
+        for path in sorted(run.glob(f"eval_step_*_{args.split}.json")):
+            ev = json.loads(path.read_text())
+            rows.append({"run": run.name, "seed": config["seed"], "step": ev["step"], "cpu_seconds": ev["cpu_seconds"],
+                         "total_steps": config["total_steps"],
+                         **{k: _headline(ev, k) for k in HEADLINE}})  # fmt: skip
+    rows.sort(key=lambda r: (r["run"], r["step"]))
+    result = {"command": "python -m benchmarks.learning_curve assemble " + " ".join(args.runs), "split": args.split,
+              "headline": {k: "/".join(v) for k, v in HEADLINE.items()}, "rows": rows}  # fmt: skip
+    args.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.results / "learning_curve.json", json_safe(result))
+    lines = ["| run | seed | step | CPU min | " + " | ".join(HEADLINE) + " |", "|---" * (4 + len(HEADLINE)) + "|"]
+    for r in rows:
+        cpu = "" if r["cpu_seconds"] is None else f"{r['cpu_seconds'] / 60:.0f}"
+        lines.append(f"| {r['run']} | {r['seed']} | {r['step']} | {cpu} | "
+                     + " | ".join(f"{r[k]:.3f}" for k in HEADLINE) + " |")  # fmt: skip
+    atomic_write_text(args.results / "learning_curve.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _plot(rows, args.plot)
+    return 0
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["organ Dice", "lesion mAP@0.1 (label volume)", "image AUC", "click Dice"]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), constrained_layout=True)
+    for ax, name in zip(axes, names):
+        for run in sorted({r["run"] for r in rows}):
+            pts = [(r["step"], r[name]) for r in rows if r["run"] == run]
+            ax.plot(*zip(*pts), marker="o", label=run)
+        ax.set_xscale("log")
+        ax.set_xlabel("training steps (batch 2)")
+        ax.set_title(name)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train (or resume) one run")
+    p.add_argument("--run", type=Path, required=True, help="run folder: checkpoint, snapshots, history")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--total-steps", type=int, default=9600, help="length of the learning-rate schedule")
+    p.add_argument("--snapshot-steps", type=int, nargs="*", default=DEFAULT_SNAPSHOTS)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--stop-after-min", type=float, default=100.0, help="wall minutes of this piece")
+    p.add_argument("--checkpoint-every-min", type=float, default=10.0)
+    p.add_argument("--data", type=Path, default=Path("data/learning-cpu"))
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--coarse-class-masks", action="store_true", help="ablation: no FineClassHead")
+    p.set_defaults(func=train)
+    p = sub.add_parser("evaluate", help="evaluate the run's snapshots not yet evaluated")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--split", default="test", choices=("test", "validation"))
+    p.set_defaults(func=evaluate_run)
+    p = sub.add_parser("assemble", help="gather runs' evaluations into the results file, a table and a plot")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--split", default="test", choices=("test", "validation"))
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--plot", type=Path, default=Path("docs/figures/learning_curve.png"))
+    p.set_defaults(func=assemble)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
