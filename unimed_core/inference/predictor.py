@@ -81,7 +81,7 @@ class UniMedPredictor:
         roi_size: sliding-window size on the working grid (multiples of 16).
         overlap: sliding-window overlap fraction.
         device: where the model runs ("cpu", "cuda"); the blended outputs stay on the CPU.
-        amp: autocast in float16/bfloat16 on a GPU.
+        amp: autocast (bfloat16; float16 on a GPU without bfloat16).
         mask_threshold: score above which a voxel is foreground.
         score_threshold: minimal detection score kept.
         nms_iou: IoU of per-class non-maximum suppression across queries and windows.
@@ -165,7 +165,10 @@ class UniMedPredictor:
         return prepare_image(volume, self.spacing)
 
     def _autocast(self):
-        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        # bfloat16 where the device has it, as in training (JointIteration): float16 overflowed to NaN in the base
+        # variant's attention on an H200
+        cuda = self.device.type == "cuda"
+        dtype = torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
 
     # -- automatic mode --------------------------------------------------------------------------------------
