@@ -124,3 +124,16 @@ def test_highres_trains_two_iterations_then_infers(tiny_data, tmp_path):
     assert len(summary) == 1
     labels = read_label(out / summary[0]["outputs"]["label_nifti"])
     assert labels.shape == (32, 32, 32)
+
+
+@pytest.mark.parametrize("names", [("train", "cpu_3mm"), ("inference", "cpu_3mm")], ids=["train", "inference"])
+def test_the_cpu_3mm_preset_composes(names, tiny_data, weights, tmp_path):
+    training = names[0] == "train"
+    overrides = {"dataset_dir": str(tiny_data.parent), "output_dir": str(tmp_path), "cache_dir": str(tmp_path / "c")}
+    workflow = _workflow(names, "train" if training else "infer", **overrides, ckpt_path=str(weights))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert workflow.parser.get_parsed_content("spacing") == [3.0, 3.0, 3.0]
+    assert workflow.parser["network_def"]["_target_"].endswith("unimed_small")  # the CPU variant
+    if training:
+        assert isinstance(workflow.parser.get_parsed_content("train#dataset"), CachedTrainingDataset)

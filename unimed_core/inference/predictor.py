@@ -166,7 +166,7 @@ class UniMedPredictor:
 
     def _autocast(self):
         # bfloat16 where the device has it, as in training (JointIteration): float16 overflowed to NaN in the base
-        # variant's attention on an H200
+        # variant's set-matching costs on an H200, and bfloat16 keeps float32's range
         cuda = self.device.type == "cuda"
         dtype = torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
