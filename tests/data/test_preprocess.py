@@ -244,4 +244,3 @@ def test_separable_trilinear_restore_equals_the_resampler(code, padding):
         src, dst_affine=torch.as_tensor(prepared.source_affine), spatial_size=shape
     )
     torch.testing.assert_close(fast, reference.as_tensor(), atol=1e-5, rtol=0)
-
