@@ -30,7 +30,7 @@ from monai.transforms import SpatialPad
 
 from unimed_core.data.boxes import clip_boxes_to_shape, voxel_to_world_boxes
 from unimed_core.data.image_io import Volume
-from unimed_core.data.preprocess import PreparedVolume, prepare_image, restore_to_source
+from unimed_core.data.preprocess import PreparedVolume, prepare_image, restore_labels
 from unimed_core.data.training_data import LoadedCase, crop_case, load_case
 from unimed_core.inference.predictor import Prediction
 from unimed_core.label_map import LabelMap
@@ -268,8 +268,8 @@ class BaselinePredictor:
         labels = np.zeros(prepared.source_shape, dtype=np.int16)
         if self.segmenter is not None:
             logits = sliding_window_inference(image, self.roi_size, 1, self.segmenter, self.overlap, mode="gaussian")
-            working = logits[0].argmax(0, keepdim=True)
-            labels = restore_to_source(working, prepared, mode="nearest")[0].round().short().numpy()
+            # like UniMed's: class probabilities onto the input grid, the label taken there (DESIGN.md §5)
+            labels = restore_labels(logits[0].float().softmax(0), prepared, lambda p: p.argmax(0)).numpy()
             start = self._timed("segmentation", start)
         boxes, names, scores = np.zeros((0, 6)), [], np.zeros((0,))
         if self.detector is not None:

@@ -2,6 +2,7 @@
 two-process ``torchrun`` scaling of UniMed's training steps.
 
     .venv/bin/python -m benchmarks.speed --mode quick [--weights DIR]
+    .venv/bin/python -m benchmarks.speed --grids --repeats 1 --weights bundle/models/model.pt   # per working grid
 
 Method (so that the numbers mean one thing):
 
@@ -20,7 +21,8 @@ Method (so that the numbers mean one thing):
 - Scaling: ``torchrun --nproc_per_node=N benchmarks/ddp_steps.py`` for N = 1, 2 with one thread per
   process and the same per-process batch (gloo, DistributedDataParallel).
 
-Writes ``benchmarks/results/speed.json``.
+Writes ``benchmarks/results/speed.json``; ``--grids`` writes ``benchmarks/results/speed_grids.json`` instead: the
+same inputs' 256x256x128 and 512x512x300 at 6, 3 and 1.5 mm working grids, UniMed beside MONAI's SegResNet.
 """
 
 from __future__ import annotations
@@ -88,38 +90,61 @@ def _peak_rss_kib() -> float:
     return _status_kib("VmHWM")
 
 
-def _predictor(name: str, label_map: LabelMap, weights: Path | None):
+def _predictor(name: str, label_map: LabelMap, weights: Path | None, spacing=SPACING):
     if name == "unimed":
         model = unimed_small(label_map)
         if weights and (weights / "unimed.pt").exists():
             load_weights(model, weights / "unimed.pt")
-        return UniMedPredictor(model, label_map, spacing=SPACING, roi_size=PATCH)
+        elif weights and weights.suffix == ".pt":  # a weights file (the shipped model.pt)
+            load_weights(model, weights)
+        return UniMedPredictor(model, label_map, spacing=spacing, roi_size=PATCH)
     nets = {task: BUILDERS[task](label_map) for task in TASKS}
     for task, net in nets.items():
         if weights and (weights / f"{task}.pt").exists():
             load_weights(net, weights / f"{task}.pt")
-    return BaselinePredictor(nets["segmentation"], nets["detection"], nets["classification"], label_map, SPACING, PATCH)
+    if name == "segresnet":  # MONAI's SegResNet alone: the segmentation beside UniMed's, per working grid
+        return BaselinePredictor(nets["segmentation"], None, None, label_map, spacing, PATCH)
+    return BaselinePredictor(nets["segmentation"], nets["detection"], nets["classification"], label_map, spacing, PATCH)
 
 
-def _child(name: str, volume_path: Path, weights: Path | None, repeats: int) -> dict:
-    """Runs in a fresh process: load, warm up, time ``repeats`` calls, report latency and memory."""
+def _child(name: str, volume_path: Path, weights: Path | None, repeats: int, spacing=SPACING) -> dict:
+    """Runs in a fresh process: load, warm up, time ``repeats`` calls, report latency and memory. ``repeats`` 0
+    times the one warm-up call itself (a cold call, for rows too long to run twice on a busy machine)."""
     label_map = LabelMap.default()
-    predictor = _predictor(name, label_map, weights)
+    predictor = _predictor(name, label_map, weights, spacing)
     volume = read_image(volume_path)
     before = _current_rss_kib()
-    predictor.predict(volume)
-    times, parts = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    if repeats:
+        predictor.predict(volume)
+    times, cpu, parts = [], [], []
+    for _ in range(max(repeats, 1)):
+        start, start_cpu = time.perf_counter(), time.process_time()
         predictor.predict(volume)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)  # all threads' CPU seconds: less swayed by other jobs' load
         parts.append(dict(getattr(predictor, "timings", {})))
     peak = _peak_rss_kib()
     part_medians = {k: round(statistics.median(p[k] for p in parts), 3) for k in (parts[0] if parts else {})}
-    return {"model": name, "shape": list(volume.shape), "latency_s": round(statistics.median(times), 3),
+    return {"model": name, "shape": list(volume.shape), "spacing_mm": list(spacing),
+            "latency_s": round(statistics.median(times), 3), "cpu_s": round(statistics.median(cpu), 3),
             "latencies_s": [round(t, 3) for t in times], "parts_s": part_medians,
             "rss_before_mib": _rss_mib(before), "peak_rss_mib": _rss_mib(peak),
             "inference_mib": _rss_mib(peak - before)}  # fmt: skip
+
+
+def _run_child(name: str, path: Path, shape, weights: Path | None, repeats: int, spacing=SPACING) -> dict:
+    """One (model, volume, working grid) row, measured in its own process."""
+    command = [sys.executable, "-m", "benchmarks.speed", "--child", name, str(path), "--repeats", str(repeats),
+               "--threads", str(torch.get_num_threads()), "--spacing", ",".join(map(str, spacing))]  # fmt: skip
+    if weights:
+        command += ["--weights", str(weights)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        row = {"model": name, "shape": list(shape), "spacing_mm": list(spacing), "error": done.stderr[-2000:]}
+    else:
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+    print(row, flush=True)
+    return row
 
 
 def measure_inference(mode: Mode, folder: Path, weights: Path | None) -> list[dict]:
@@ -127,18 +152,42 @@ def measure_inference(mode: Mode, folder: Path, weights: Path | None) -> list[di
     rows = []
     for shape in mode.sizes:
         path = make_volume(folder, shape)
-        for name in MODELS:
-            command = [sys.executable, "-m", "benchmarks.speed", "--child", name, str(path),
-                       "--repeats", str(mode.repeats), "--threads", str(torch.get_num_threads())]  # fmt: skip
-            if weights:
-                command += ["--weights", str(weights)]
-            done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                rows.append({"model": name, "shape": list(shape), "error": done.stderr[-2000:]})
-                continue
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
+        rows += [_run_child(name, path, shape, weights, mode.repeats) for name in MODELS]
     return rows
+
+
+GRID_SPACINGS = (6.0, 3.0, 1.5)  # the bundle's CPU default, the CPU preset, highres.json's
+GRID_SIZES = ((256, 256, 128), (512, 512, 300))
+GRID_MODELS = ("unimed", "segresnet")
+
+
+def measure_grids(
+    folder: Path, weights: Path | None, repeats: int, spacings=GRID_SPACINGS, sizes=GRID_SIZES, out: Path | None = None
+) -> dict:
+    """Latency and peak RSS of UniMed (small variant, all three tasks in one pass, masks decided on the input
+    grid) beside MONAI's SegResNet (its probabilities restored the same way), per working grid and input size,
+    each row in its own process, 64^3 windows for both. With ``out`` the table so far is written after every row
+    (a run stopped for time keeps what it measured)."""
+    load_before = os.getloadavg()
+    rows = []
+
+    def table() -> dict:
+        return {
+            "threads": torch.get_num_threads(), "repeats": repeats, "fov_mm": list(FOV_MM), "window": list(PATCH),
+            "weights": str(weights) if weights else "random initialisation",
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
+            "rows": rows,
+        }  # fmt: skip
+
+    paths = {shape: make_volume(folder, shape) for shape in sizes}
+    for spacing in spacings:  # the finest grid last: a run stopped for time has every coarser row
+        for shape, path in paths.items():
+            for name in GRID_MODELS:
+                rows.append(_run_child(name, path, shape, weights, repeats, (spacing,) * 3))
+                if out is not None:
+                    atomic_write_json(out, table())
+    return table()
 
 
 def _rate(history: list[dict], batch: int, skip: int = 2) -> float:
@@ -213,13 +262,30 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--weights", type=Path, help="folder with unimed.pt and the baselines' weights")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "VOLUME"), help=argparse.SUPPRESS)
-    parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per row (after one warm-up)")
+    parser.add_argument("--spacing", default=",".join(map(str, SPACING)), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--grids",
+        action="store_true",
+        help="only the working-grid table (6, 3, 1.5 mm; UniMed and SegResNet) -> speed_grids.json",
+    )
+    parser.add_argument("--grid-spacings", default=",".join(map(str, GRID_SPACINGS)), help="with --grids")
+    parser.add_argument("--grid-sizes", default=";".join(",".join(map(str, s)) for s in GRID_SIZES),
+                        help="with --grids: shapes as X,Y,Z;X,Y,Z")  # fmt: skip
     args = parser.parse_args(argv)
     mode = MODES[args.mode]
     torch.set_num_threads(args.threads or mode.threads)
     np.seterr(all="ignore")
     if args.child:
-        print(json.dumps(_child(args.child[0], Path(args.child[1]), args.weights, args.repeats)))
+        spacing = tuple(float(v) for v in args.spacing.split(","))
+        print(json.dumps(_child(args.child[0], Path(args.child[1]), args.weights, args.repeats, spacing)))
+        return 0
+    if args.grids:
+        folder = Path("data/bench_speed")
+        folder.mkdir(parents=True, exist_ok=True)
+        spacings = tuple(float(v) for v in args.grid_spacings.split(","))
+        sizes = tuple(tuple(int(v) for v in s.split(",")) for s in args.grid_sizes.split(";"))
+        measure_grids(folder, args.weights, args.repeats, spacings, sizes, out=RESULTS / "speed_grids.json")
         return 0
     atomic_write_json(RESULTS / "speed.json", run_speed(mode, args.weights))
     return 0

@@ -7,6 +7,7 @@ spatial transforms on ``MetaTensor`` so that the affine travels with the data, o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,15 @@ from monai.transforms import Orientation, SpatialResample
 from unimed_core.data.image_io import Volume
 from unimed_core.errors import ImageReadError
 
-__all__ = ["PreparedVolume", "prepare_image", "resample_label_to", "restore_to_source", "normalize_intensity"]
+__all__ = [
+    "PreparedVolume",
+    "prepare_image",
+    "resample_label_to",
+    "restore_to_source",
+    "restore_slabs",
+    "restore_labels",
+    "normalize_intensity",
+]
 
 
 @dataclass
@@ -155,37 +164,94 @@ def resample_label_to(labels: np.ndarray, label_affine: np.ndarray, prepared: Pr
     return out.as_tensor()[0].round().long()
 
 
-def restore_to_source(
-    data: torch.Tensor, prepared: PreparedVolume, mode: str = "nearest", max_chunk_voxels: int = 2**24
-) -> torch.Tensor:
-    """Resample (C, D, H, W) data on the working grid back onto the input's own grid.
+def restore_slabs(
+    data: torch.Tensor,
+    prepared: PreparedVolume,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    max_chunk_voxels: int = 2**24,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Resample (C, D, H, W) data on the working grid onto the input's grid one slab at a time.
 
-    ``mode="nearest"`` for labels, ``"bilinear"`` for probabilities.
-
-    Nearest neighbour between grids with parallel axes is separable and done by indexing, with no coordinate grid at
-    all. The working grid keeps the input's directions (oblique ones too), so this is the normal case for labels.
-    Otherwise (probabilities, another grid) the input grid is filled in slabs along its last axis of at most
-    ``max_chunk_voxels`` voxels: MONAI's ``SpatialResample`` builds a float coordinate grid of the whole output at
-    once, 4 GB for a 512 x 512 x 300 CT. Each slab is resampled with the input's affine shifted to the slab's first
-    slice, so the result is the same as one call's.
+    Yields ``(z, slab)``: the slice of the input grid's last axis and the (C, X, Y, len) float32 data there. A slab
+    holds at most ``max_chunk_voxels`` values (all channels counted): MONAI's ``SpatialResample`` builds a float
+    coordinate grid of its whole output at once, 4 GB for a 512 x 512 x 300 CT. Each slab is resampled with the
+    input's affine shifted to the slab's first slice, so the slabs together are the same as one call's output.
     """
     shape = tuple(int(s) for s in prepared.source_shape)
-    if mode == "nearest":
-        fast = _restore_axis_aligned_nearest(data, prepared.affine, prepared.source_affine, shape)
-        if fast is not None:
-            return fast
-    src = MetaTensor(data.float(), affine=torch.as_tensor(prepared.affine))
-    per_slice = max(1, shape[0] * shape[1])
+    per_slice = max(1, shape[0] * shape[1] * int(data.shape[0]))
     step = max(1, int(max_chunk_voxels) // per_slice)
-    out = torch.zeros((data.shape[0], *shape), dtype=torch.float32)
-    resample = SpatialResample(mode=mode, padding_mode="zeros")
+    fast = _axis_aligned_linear_slabs(data, prepared, padding_mode, step) if mode == "bilinear" else None
+    if fast is not None:
+        yield from fast
+        return
+    src = MetaTensor(data.float(), affine=torch.as_tensor(prepared.affine))
+    resample = SpatialResample(mode=mode, padding_mode=padding_mode)
     for z0 in range(0, shape[2], step):
         nz = min(step, shape[2] - z0)
         shift = np.eye(4)
         shift[2, 3] = z0
         slab_affine = torch.as_tensor(np.asarray(prepared.source_affine, dtype=np.float64) @ shift)
         slab = resample(src, dst_affine=slab_affine, spatial_size=(shape[0], shape[1], nz))
-        out[..., z0 : z0 + nz] = slab.as_tensor()
+        yield slice(z0, z0 + nz), slab.as_tensor()
+
+
+def restore_to_source(
+    data: torch.Tensor, prepared: PreparedVolume, mode: str = "nearest", max_chunk_voxels: int = 2**24
+) -> torch.Tensor:
+    """Resample (C, D, H, W) data on the working grid back onto the input's own grid.
+
+    ``mode="nearest"`` for labels, ``"bilinear"`` for probabilities (to get labels from scores at the input's
+    resolution without holding every class there at once, use :func:`restore_labels`).
+
+    Nearest neighbour between grids with parallel axes is separable and done by indexing, with no coordinate grid at
+    all. The working grid keeps the input's directions (oblique ones too), so this is the normal case for labels.
+    Otherwise (probabilities, another grid) the input grid is filled by :func:`restore_slabs`.
+    """
+    shape = tuple(int(s) for s in prepared.source_shape)
+    if mode == "nearest":
+        fast = _restore_axis_aligned_nearest(data, prepared.affine, prepared.source_affine, shape)
+        if fast is not None:
+            return fast
+    out = torch.zeros((data.shape[0], *shape), dtype=torch.float32)
+    for z, slab in restore_slabs(data, prepared, mode, max_chunk_voxels=max_chunk_voxels):
+        out[..., z] = slab
+    return out
+
+
+def restore_labels(
+    scores: torch.Tensor,
+    prepared: PreparedVolume,
+    decide: Callable[[torch.Tensor], torch.Tensor],
+    dtype: torch.dtype = torch.int16,
+    max_chunk_voxels: int = 2**22,
+) -> torch.Tensor:
+    """A label volume on the input grid, decided there from (K, D, H, W) working-grid scores (DESIGN.md §5).
+
+    The scores are interpolated trilinearly onto the input grid slab by slab (:func:`restore_slabs`) and
+    ``decide`` turns each (K, X, Y, n) slab of scores into (X, Y, n) labels, so the mask follows the scores'
+    smooth boundary at the scan's resolution instead of the working grid's blocks, and only one slab of scores
+    is ever held at the input's resolution (2**22 values: 16 MB). Input voxels past the working grid's last
+    voxel centre (it stops short of the input's by less than one working voxel) take the border's scores.
+    """
+    out = torch.zeros(tuple(int(s) for s in prepared.source_shape), dtype=dtype)
+    for z, slab in restore_slabs(scores, prepared, "bilinear", "border", max_chunk_voxels):
+        out[..., z] = decide(slab).to(dtype)
+    return out
+
+
+def _axis_map(working_affine: np.ndarray, source_affine: np.ndarray) -> list[tuple[int, float, float]] | None:
+    """Per input axis ``a``: the working axis it runs along, and the scale and offset of input index → working index
+    there; None when the grids' axes are not parallel (an oblique working grid against the input)."""
+    to_working = np.linalg.inv(np.asarray(working_affine, dtype=np.float64)) @ np.asarray(source_affine, np.float64)
+    linear = to_working[:3, :3]
+    big = np.abs(linear) > 1e-6 * np.abs(linear).max()
+    if not (big.sum(0) == 1).all() or not (big.sum(1) == 1).all():
+        return None
+    out = []
+    for a in range(3):
+        w = int(np.argmax(big[:, a]))
+        out.append((w, float(linear[w, a]), float(to_working[w, 3])))
     return out
 
 
@@ -198,16 +264,13 @@ def _restore_axis_aligned_nearest(
     the nearest working voxel is found per axis and the output is one gather. Voxels that fall outside the working
     grid get 0, as ``SpatialResample``'s zero padding gives.
     """
-    to_working = np.linalg.inv(np.asarray(working_affine, dtype=np.float64)) @ np.asarray(source_affine, np.float64)
-    linear = to_working[:3, :3]
-    big = np.abs(linear) > 1e-6 * np.abs(linear).max()
-    if not (big.sum(0) == 1).all() or not (big.sum(1) == 1).all():
+    axes = _axis_map(working_affine, source_affine)
+    if axes is None:
         return None
     working_shape = data.shape[1:]
     index, valid = [None] * 3, []
-    for a in range(3):  # input axis a runs along working axis w
-        w = int(np.argmax(big[:, a]))
-        coord = linear[w, a] * np.arange(shape[a]) + to_working[w, 3]
+    for a, (w, scale, offset) in enumerate(axes):  # input axis a runs along working axis w
+        coord = scale * np.arange(shape[a]) + offset
         nearest = np.rint(coord).astype(np.int64)  # round half to even, as grid_sample's nearest mode
         inside = (nearest >= 0) & (nearest < working_shape[w])
         view = [1, 1, 1]
@@ -216,3 +279,45 @@ def _restore_axis_aligned_nearest(
         valid.append(torch.as_tensor(inside).view(view))
     out = data.float()[:, index[0], index[1], index[2]]
     return out * (valid[0] & valid[1] & valid[2])
+
+
+def _axis_aligned_linear_slabs(
+    data: torch.Tensor, prepared: PreparedVolume, padding_mode: str, step: int
+) -> Iterator[tuple[slice, torch.Tensor]] | None:
+    """Trilinear restore between grids with parallel axes, as three 1-D interpolations per slab; None otherwise.
+
+    Between such grids trilinear interpolation is separable, so each slab is two gathers and a lerp per axis on
+    (at most) the slab's own size, where ``SpatialResample`` builds a coordinate grid and samples all channels
+    through ``grid_sample``: 12.8 s against about 1 s for six classes from a 6 mm grid onto 512 x 512 x 300
+    (2 CPU threads). It gives what ``SpatialResample`` gives (``tests/data/test_preprocess.py``): zero padding is
+    a ring of zeros around the data, border padding clamps the coordinates.
+    """
+    axes = _axis_map(prepared.affine, prepared.source_affine)
+    if axes is None or padding_mode not in ("zeros", "border"):
+        return None
+    shape = tuple(int(s) for s in prepared.source_shape)
+    x = data.float().permute(0, *(1 + w for w, _, _ in axes))  # dims follow the input's axes
+    pad = 1 if padding_mode == "zeros" else 0
+    if pad:
+        x = torch.nn.functional.pad(x, (1, 1, 1, 1, 1, 1))
+    taps = []
+    for a, (_, scale, offset) in enumerate(axes):
+        n = x.shape[1 + a]
+        coord = np.clip(scale * np.arange(shape[a]) + offset + pad, 0, n - 1)
+        lo = np.clip(np.floor(coord), 0, max(n - 2, 0)).astype(np.int64)
+        frac = torch.as_tensor(coord - lo, dtype=torch.float32)
+        taps.append((torch.as_tensor(lo), torch.as_tensor(np.minimum(lo + 1, n - 1)), frac))
+
+    def lerp(t: torch.Tensor, dim: int, lo, hi, frac) -> torch.Tensor:
+        view = [1] * t.dim()
+        view[dim] = -1
+        return torch.lerp(t.index_select(dim, lo), t.index_select(dim, hi), frac.view(view))
+
+    def slabs():
+        for z0 in range(0, shape[2], step):
+            z = slice(z0, min(z0 + step, shape[2]))
+            t = lerp(x, 3, *(tap[z] for tap in taps[2]))
+            t = lerp(t, 2, *taps[1])
+            yield z, lerp(t, 1, *taps[0])
+
+    return slabs()

@@ -25,7 +25,15 @@ from unimed_core.label_map import LabelMap
 from unimed_core.model.targets import Target
 from unimed_core.tokenizer import Tokenizer
 
-__all__ = ["LoadedCase", "load_case", "crop_case", "build_target", "UniMedTrainingDataset", "collate_samples"]
+__all__ = [
+    "LoadedCase",
+    "load_case",
+    "crop_case",
+    "crop_case_at",
+    "build_target",
+    "UniMedTrainingDataset",
+    "collate_samples",
+]
 
 
 def load_case(item: dict, label_map: LabelMap, spacing: Sequence[float]) -> LoadedCase:
@@ -78,8 +86,13 @@ def crop_case(case: LoadedCase, patch: Sequence[int], rng: np.random.Generator) 
     Image labels describe the whole image: after a crop that cuts the volume they stay valid only when they
     are all negative, or when a mask or boxes tell what the crop still contains.
     """
+    return crop_case_at(case, patch, _crop_window(case.image.shape[1:], patch, rng))
+
+
+def crop_case_at(case: LoadedCase, patch: Sequence[int], window: Sequence[tuple[int, int]]) -> LoadedCase:
+    """:func:`crop_case` at a given ``window`` (start, stop per axis, ``stop - start == patch``; may reach past the
+    volume, which is then padded)."""
     shape = case.image.shape[1:]
-    window = _crop_window(shape, patch, rng)
     src = tuple(slice(max(a, 0), min(b, s)) for (a, b), s in zip(window, shape))
     dst = tuple(slice(max(a, 0) - a, min(b, s) - a) for (a, b), s in zip(window, shape))
     image = torch.full((1, *patch), float(case.image.min()), dtype=case.image.dtype)

@@ -4,12 +4,15 @@
 - :mod:`.inference`: ``PredictionIteration``, ``WritePredictiond``, ``InferenceSummary``, ``NetInOut``;
 - :mod:`.validation`: ``CaseIteration``, ``UniMedMetric`` (Dice / mAP / AUC), ``WriteEvaluationReport``;
 - :mod:`.training`: ``SetDatasetEpoch``, ``WeightHashes``, ``rank_handlers``;
+- :mod:`.datasets`: ``training_dataset`` (in memory, or cached on disk for ``highres.json``);
+- :mod:`.step_times`: ``StepTimes`` (data-wait and compute seconds per training step);
 - :mod:`.checkpoints`: ``AtomicCheckpointSaver`` (checkpoints that survive a kill), ``latest_checkpoint``;
 - :mod:`.fewshot`: ``fewshot_splits`` (a user's class names mapped onto the vocabulary);
 - :mod:`.sample`: the shipped sample volume.
 """
 
 from unimed_core.engine.checkpoints import AtomicCheckpointSaver, latest_checkpoint
+from unimed_core.engine.datasets import training_dataset
 from unimed_core.engine.fewshot import fewshot_splits, map_class_name
 from unimed_core.engine.inference import (
     InferenceSummary,
@@ -20,6 +23,7 @@ from unimed_core.engine.inference import (
 )
 from unimed_core.engine.inputs import IMAGE_SUFFIXES, LoadVolumed, bundle_root, inference_items
 from unimed_core.engine.sample import SAMPLE_NAME, make_sample
+from unimed_core.engine.step_times import StepTimes, summarise_steps
 from unimed_core.engine.training import (
     EVERY_RANK,
     SetDatasetEpoch,
@@ -40,6 +44,7 @@ __all__ = [
     "NetInOut",
     "PredictionIteration",
     "SetDatasetEpoch",
+    "StepTimes",
     "UniMedMetric",
     "WeightHashes",
     "WriteEvaluationReport",
@@ -53,4 +58,6 @@ __all__ = [
     "map_class_name",
     "rank_handlers",
     "segment_volumes_ml",
+    "summarise_steps",
+    "training_dataset",
 ]

@@ -2,7 +2,10 @@
 
 The volume is reoriented and resampled to the working grid, run through the model with MONAI's sliding-window
 inferer (Gaussian blending, bounded memory: one window at a time), and every output goes back to the input:
-the label volume on the input grid with the input affine, boxes and points in world RAS millimetres.
+the label volume on the input grid with the input affine, boxes and points in world RAS millimetres. Masks are
+decided at the scan's resolution: the class scores (or a prompt's mask logits) are interpolated trilinearly onto
+the input grid slab by slab and the label is taken there (``restore_labels``), never a nearest-neighbour copy of
+the working grid's labels, whose blocks a 1 mm scan would show (issue 19).
 
 Automatic segmentation follows Mask2Former's semantic inference: the score of class c at a voxel is
 ``sum_q p_q(c) * sigmoid(mask_q)`` over latent queries, and a voxel takes the best class when that score
@@ -24,7 +27,7 @@ from scipy import ndimage
 
 from unimed_core.data.boxes import voxel_to_world_boxes, world_to_voxel_points
 from unimed_core.data.image_io import Volume
-from unimed_core.data.preprocess import PreparedVolume, prepare_image, restore_to_source
+from unimed_core.data.preprocess import PreparedVolume, prepare_image, restore_labels
 from unimed_core.label_map import LabelMap
 from unimed_core.model.inputs import PromptBatch
 from unimed_core.tokenizer import SequenceGrammar, Tokenizer
@@ -34,6 +37,9 @@ __all__ = ["Prediction", "UniMedPredictor"]
 DETECTION_PATHS = ("decomposed", "composed", "segmentation")
 SEMANTIC_SOURCES = ("queries", "class_tokens", "both")
 BOX_SOURCES = ("tokens", "masks")
+# Mask logit of the working grid outside a prompt's window: background, and finite so that trilinear interpolation
+# near the window's edge blends to it instead of giving NaN.
+OUTSIDE_LOGIT = -20.0
 COORDINATES = "world millimetres, RAS (as NIfTI and Slicer), MONAI box mode XYZXYZ (corner)"
 
 
@@ -75,7 +81,7 @@ class UniMedPredictor:
         roi_size: sliding-window size on the working grid (multiples of 16).
         overlap: sliding-window overlap fraction.
         device: where the model runs ("cpu", "cuda"); the blended outputs stay on the CPU.
-        amp: autocast in float16/bfloat16 on a GPU.
+        amp: autocast (bfloat16; float16 on a GPU without bfloat16).
         mask_threshold: score above which a voxel is foreground.
         score_threshold: minimal detection score kept.
         nms_iou: IoU of per-class non-maximum suppression across queries and windows.
@@ -159,7 +165,10 @@ class UniMedPredictor:
         return prepare_image(volume, self.spacing)
 
     def _autocast(self):
-        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        # bfloat16 where the device has it, as in training (JointIteration): float16 overflowed to NaN in the base
+        # variant's set-matching costs on an H200, and bfloat16 keeps float32's range
+        cuda = self.device.type == "cuda"
+        dtype = torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
 
     # -- automatic mode --------------------------------------------------------------------------------------
@@ -199,10 +208,11 @@ class UniMedPredictor:
             device="cpu",
         )[0]
         scores = F.interpolate(scores[None].float(), size=prepared.shape, mode="trilinear")[0]
-        labels = self._labels_from_scores(scores, wanted)
-        restored = restore_to_source(labels[None].float(), prepared, mode="nearest")[0].round().short().numpy()
+        # the label is taken on the input grid from the scores interpolated there (DESIGN.md §5), slab by slab
+        restored = restore_labels(scores, prepared, lambda slab: self._labels_from_scores(slab, wanted)).numpy()
         found = windows
         if self.detection_path == "segmentation":
+            labels = self._labels_from_scores(scores, wanted)
             found = [_component_boxes(scores, labels, [c for c in self._box_classes if c < scores.shape[0]])]
         boxes, box_labels, box_scores = self._merge_boxes(found, prepared, wanted)
         probs = self._image_probabilities(windows)
@@ -332,15 +342,16 @@ class UniMedPredictor:
         if not any(flags):
             raise ValueError("the positive clicks lie outside the volume")
         tokens = self.tokenizer.encode_point_prompt((points + 0.5) / size, flags)
-        mask = self._prompt_mask(prepared, start, tokens)
-        return restore_to_source(mask[None].float(), prepared, mode="nearest")[0].round().to(torch.uint8).numpy()
+        logits = self._prompt_logits(prepared, start, tokens)
+        return restore_labels(logits[None], prepared, lambda slab: slab[0] > 0, dtype=torch.uint8).numpy()
 
     def _window_around(self, centre: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         start = np.round(centre - np.asarray(self.roi_size) / 2)
         return np.clip(start, 0, np.maximum(np.asarray(shape) - np.asarray(self.roi_size), 0)).astype(int)
 
-    def _prompt_mask(self, prepared: PreparedVolume, start: np.ndarray, tokens: list[int]) -> torch.Tensor:
-        """Run one prompt on the window at ``start``; the mask is pasted back on the working grid."""
+    def _prompt_logits(self, prepared: PreparedVolume, start: np.ndarray, tokens: list[int]) -> torch.Tensor:
+        """Run one prompt on the window at ``start``; its mask logits are pasted back on the working grid (outside
+        the window: :data:`OUTSIDE_LOGIT`, background)."""
         shape = np.asarray(prepared.shape)
         stop = np.minimum(start + np.asarray(self.roi_size), shape)
         patch = torch.full((1, 1, *self.roi_size), float(prepared.image.min()))
@@ -352,9 +363,9 @@ class UniMedPredictor:
             out = self.model(patch.to(self.device), prompts=prompts).decomposed
         logits = out.mask_logits[0, out.layout.prompt][0].float()[None, None]
         logits = F.interpolate(logits, size=self.roi_size, mode="trilinear")[0, 0].cpu()
-        mask = torch.zeros(tuple(int(s) for s in shape), dtype=torch.uint8)
-        mask[region] = (logits[local] > 0).to(torch.uint8)
-        return mask
+        pasted = torch.full(tuple(int(s) for s in shape), OUTSIDE_LOGIT)
+        pasted[region] = logits[local]
+        return pasted
 
 
 def _component_boxes(scores: torch.Tensor, labels: torch.Tensor, box_classes: Sequence[int]) -> dict:
