@@ -73,8 +73,6 @@ def write_dicom_seg(
         ValueError: reference without DICOM source datasets, labels of the wrong shape, or unknown label ids.
         ImageWriteError: ``path`` is the reference DICOM folder or one of its files.
     """
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
 
     path = Path(path)
     datasets = reference.meta.get("dicom_datasets")
