@@ -7,7 +7,8 @@ unfamiliar. The results are still returned; the warnings go beside them.
 Two signals do not depend on the weights, so a retrained model keeps them (their statistics only change with the
 training data):
 
-- ``region``: body region and field of view: the field of view's extent along R, A, S, the body's extent (the
+- ``region``: body region and field of view: the field of view's extent along R, A, S (the grid's own axes, each
+  given to the world axis it is closest to), the body's extent (the
   1st to 99th percentile of its voxels' world coordinates; the body is what lies above the background level that
   ``normalize_intensity`` also uses), and the fraction of the field of view the body fills;
 - ``intensity``: the shape of the body's intensity histogram: its 10th..90th percentiles placed within its own
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from nibabel.orientations import io_orientation
 
 from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.image_io import Volume
@@ -82,7 +84,11 @@ def volume_features(volume: Volume) -> dict[str, float]:
     if body.sum() < 10:
         raise ValueError(f"{volume.path or 'volume'}: nothing above the background level")
     affine = np.asarray(volume.affine, dtype=np.float64)
-    fov = np.abs(affine[:3, :3]) @ shape  # the extent of the voxel grid along R, A, S (a bound when oblique)
+    # the grid's extent along each of its own axes (what the model's working grid spans, oblique or not), given to
+    # the world axis R, A or S that array axis is closest to
+    fov = np.zeros(3)
+    for axis, world in enumerate(io_orientation(affine)[:, 0].astype(int)):  # a permutation, even at 45 degrees
+        fov[world] = np.linalg.norm(affine[:3, axis]) * shape[axis]
     ijk = np.argwhere(body).astype(np.float64) * step
     world = ijk @ affine[:3, :3].T + affine[:3, 3]
     voxel = np.abs(affine[:3, :3]) @ np.ones(3)
