@@ -103,3 +103,29 @@ def test_from_metadata_round_trip(tmp_path):
     path = tmp_path / "metadata.json"
     path.write_text(json.dumps(meta), encoding="utf-8")
     assert LabelMap.from_metadata(path) == lm
+
+
+def test_every_class_of_the_shipped_label_map_has_snomed_codes():
+    default = LabelMap.default()
+    for name in default.class_names:
+        codes = default.codes(name)
+        assert codes is not None, name
+        assert codes["category"][0] == codes["type"][0] == "SCT"
+        assert all(len(c) == 3 and c[1].isdigit() for c in codes.values())
+    assert default.codes("kidney_left")["type"] == default.codes("kidney_right")["type"]  # Kidney, two modifiers
+    assert default.codes("kidney_left")["typeModifier"] != default.codes("kidney_right")["typeModifier"]
+    assert default.codes("no such class") is None
+
+
+@pytest.mark.parametrize(
+    "terminology, message",
+    [
+        ({"spleen": {"category": ["SCT", "1", "a"], "type": ["SCT", "2", "b"]}}, "not a class"),
+        ({"liver": {"type": ["SCT", "2", "b"]}}, "needs a category and a type"),
+        ({"liver": {"category": ["SCT", "1"], "type": ["SCT", "2", "b"]}}, r"as \(scheme, code, meaning\)"),
+        ({"liver": {"category": ["SCT", "1", "a"], "type": ["SCT", "2", "b"], "colour": []}}, "scheme, code"),
+    ],
+)
+def test_bad_terminology_is_refused(terminology, message):
+    with pytest.raises(ValueError, match=message):
+        LabelMap({0: "background", 1: "liver"}, terminology=terminology)

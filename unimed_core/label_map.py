@@ -20,10 +20,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LabelMap", "DEFAULT_METADATA"]
+__all__ = ["LabelMap", "DEFAULT_METADATA", "TERMINOLOGY_FIELDS"]
 
 # The bundle's metadata is the source of truth; this path is where the package finds it in a checkout.
 DEFAULT_METADATA = Path(__file__).resolve().parent.parent / "bundle" / "configs" / "metadata.json"
+# A class's coded terminology (``unimed_terminology`` in metadata.json): field → (scheme, code, meaning), the order
+# of Slicer's terminology strings. DICOM SEG, DICOM SR and ``.seg.nrrd`` all read it from here.
+TERMINOLOGY_FIELDS = ("category", "type", "typeModifier")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class LabelMap:
         box_classes: names a detection may carry; each must be a mask class name or new.
         image_classes: image-level (multi-label) class names.
         colors: optional name → (r, g, b) in 0..255 for display (Slicer, ``.seg.nrrd``).
+        terminology: optional name → ``{"category": (scheme, code, meaning), "type": ..., "typeModifier": ...}``
+            (``typeModifier`` optional): the class's SNOMED CT (or other) codes for DICOM SEG / SR and Slicer.
 
     Example:
         >>> lm = LabelMap({0: "background", 1: "liver", 2: "tumor"}, ["tumor"], ["tumor"])
@@ -48,6 +53,7 @@ class LabelMap:
     box_classes: tuple[str, ...] = ()
     image_classes: tuple[str, ...] = ()
     colors: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    terminology: dict[str, dict[str, tuple[str, str, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ids = sorted(self.mask_classes)
@@ -59,6 +65,14 @@ class LabelMap:
         for level, values in (("box_classes", self.box_classes), ("image_classes", self.image_classes)):
             if len(set(values)) != len(values):
                 raise ValueError(f"{level} must be unique, got {list(values)}")
+        for name, entry in self.terminology.items():
+            if name not in self.class_names:
+                raise ValueError(f"terminology names {name!r}, which is not a class of the label map")
+            codes = {k: tuple(str(v) for v in entry.get(k) or ()) for k in TERMINOLOGY_FIELDS}
+            if set(entry) - set(TERMINOLOGY_FIELDS) or any(len(c) not in (0, 3) for c in codes.values()):
+                raise ValueError(f"terminology of {name!r} must give {TERMINOLOGY_FIELDS} as (scheme, code, meaning)")
+            if not codes["category"] or not codes["type"]:
+                raise ValueError(f"terminology of {name!r} needs a category and a type")
         object.__setattr__(self, "box_classes", tuple(self.box_classes))
         object.__setattr__(self, "image_classes", tuple(self.image_classes))
 
@@ -127,6 +141,14 @@ class LabelMap:
         ]
         return palette[self.class_names.index(name) % len(palette)] if name in self.class_names else (128, 128, 128)
 
+    def codes(self, name: str) -> dict[str, tuple[str, str, str]] | None:
+        """The coded terminology of class ``name`` (field → (scheme, code, meaning), ``typeModifier`` only when
+        declared), or None when the label map has none for it."""
+        entry = self.terminology.get(name)
+        if entry is None:
+            return None
+        return {k: tuple(str(v) for v in entry[k]) for k in TERMINOLOGY_FIELDS if entry.get(k)}
+
     @classmethod
     def from_metadata(cls, path: str | Path = DEFAULT_METADATA) -> LabelMap:
         """Read the label map from a MONAI bundle ``metadata.json`` (``network_data_format.outputs``)."""
@@ -141,7 +163,10 @@ class LabelMap:
         boxes = outputs.get("boxes", {}).get("labels", [])
         images = outputs.get("classes", {}).get("labels", [])
         colors = {k: tuple(v) for k, v in meta.get("unimed_colors", {}).items()}
-        return cls(mask_classes, tuple(boxes), tuple(images), colors)
+        terminology = meta.get("unimed_terminology", {})
+        if not isinstance(terminology, dict) or not all(isinstance(v, dict) for v in terminology.values()):
+            raise ValueError(f"{path}: unimed_terminology must map class names to objects")
+        return cls(mask_classes, tuple(boxes), tuple(images), colors, terminology)
 
     @classmethod
     def default(cls) -> LabelMap:

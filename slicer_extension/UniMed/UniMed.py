@@ -99,7 +99,9 @@ class UniMed(ScriptedLoadableModule):
         self.parent.contributors = ["UniMed team"]
         self.parent.helpText = (
             "Segment, detect and classify findings in a CT or MR volume with one UniMed model, or segment the "
-            "structure under clicked points. The model runs in a separate process (or on a MONAI Label server)."
+            "structure under clicked points or inside a box (a markups ROI). The model runs in a separate process "
+            "(or on a MONAI Label server). Results on a scan unlike the training data come with warnings, in the "
+            "findings table and the status line."
         )
         self.parent.acknowledgementText = "Built on MONAI and 3D Slicer. Research use only."
 
@@ -120,6 +122,7 @@ if HAVE_GUI:
         classes: str = ""  # comma separated subset of label-map names; empty: all
         positivePoints: slicer.vtkMRMLMarkupsFiducialNode
         negativePoints: slicer.vtkMRMLMarkupsFiducialNode
+        promptRoi: slicer.vtkMRMLMarkupsROINode
         useGPU: bool = False
         useServer: bool = False
         serverUrl: str = "http://127.0.0.1:8000"
@@ -153,6 +156,7 @@ class UniMedWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.segmentClicksButton.connect("clicked(bool)", self.onSegmentClicksButton)
+        self.ui.segmentBoxButton.connect("clicked(bool)", self.onSegmentBoxButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
         self.ui.findingsTableView.connect("selectionChanged()", self.onFindingSelected)
@@ -209,6 +213,7 @@ class UniMedWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.applyButton.enabled = ready
         self.ui.segmentClicksButton.enabled = ready
+        self.ui.segmentBoxButton.enabled = ready and bool(self._parameterNode.promptRoi)
         self.ui.installButton.visible = bool(missing_modules())
 
     def _fillClassList(self) -> None:
@@ -265,6 +270,9 @@ class UniMedWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegmentClicksButton(self) -> None:
         self._run(tasks=["segment"], prompted=True)
 
+    def onSegmentBoxButton(self) -> None:
+        self._run(tasks=["segment"], prompted=True, box=True)
+
     def onCancelButton(self) -> None:
         self._cancelRequested = True
 
@@ -277,19 +285,23 @@ class UniMedWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = message[-120:]
         slicer.app.processEvents()
 
-    def _run(self, tasks: Sequence[str], prompted: bool) -> None:
+    def _run(self, tasks: Sequence[str], prompted: bool, box: bool = False) -> None:
         p = self._parameterNode
         if not p.useServer and not self.ensureDependencies():
             return
         self._cancelRequested = False
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
-        self.ui.applyButton.enabled = self.ui.segmentClicksButton.enabled = False
+        self.ui.applyButton.enabled = self.ui.segmentClicksButton.enabled = self.ui.segmentBoxButton.enabled = False
         self.ui.cancelButton.enabled = True
         try:
             with slicer.util.tryWithErrorDisplay("UniMed failed.", waitCursor=True):
-                positive = negative = None
-                if prompted:
+                positive = negative = roi = None
+                if box:
+                    roi = p.promptRoi
+                    if roi is None:
+                        raise ValueError("Choose or draw a box (ROI) first.")
+                elif prompted:
                     positive = slicer.util.arrayFromMarkupsControlPoints(p.positivePoints, world=True)
                     negative = slicer.util.arrayFromMarkupsControlPoints(p.negativePoints, world=True)
                     if len(positive) == 0:
@@ -300,6 +312,7 @@ class UniMedWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     classes=self._checkedClasses(),
                     positivePoints=positive,
                     negativePoints=negative,
+                    roi=roi,
                     device="cuda" if p.useGPU else "cpu",
                     serverUrl=p.serverUrl if p.useServer else "",
                     outputSegmentation=p.outputSegmentation,
@@ -312,6 +325,7 @@ class UniMedWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if self._result.tableNode is not None:
                     p.findingsTable = self._result.tableNode
                     self.ui.findingsTableView.setMRMLTableNode(self._result.tableNode)
+                self.ui.statusLabel.text = self._result.statusMessage
         finally:
             self.ui.progressBar.hide()
             self.ui.cancelButton.enabled = False
@@ -336,7 +350,8 @@ class UniMedResult:
         findings: the table's rows.
         outputs: the parsed inference outputs.
         outputDir: where the outputs were written (deleted after loading unless ``keepFiles``).
-        promptSegmentId: id of the segment made from click prompts (prompted mode).
+        promptSegmentId: id of the segment made from click or box prompts (prompted mode).
+        warnings: why the scan looks unlike the training data (``summary.json``); the results are loaded anyway.
     """
 
     segmentationNode: object = None
@@ -346,6 +361,14 @@ class UniMedResult:
     outputs: InferenceOutputs | None = None
     outputDir: Path | None = None
     promptSegmentId: str = ""
+    warnings: list = field(default_factory=list)
+
+    @property
+    def statusMessage(self) -> str:
+        """ "Done", or the warnings for the status line."""
+        if not self.warnings:
+            return "Done"
+        return "Done, with warnings: " + " | ".join(f"{w['signal']}: {w['message']}" for w in self.warnings)
 
 
 def defaultPython() -> str:
@@ -391,6 +414,7 @@ class UniMedLogic(ScriptedLoadableModuleLogic):
         classes: Sequence[str] | None = None,
         positivePoints=None,
         negativePoints=None,
+        roi=None,
         device: str = "auto",
         serverUrl: str = "",
         outputSegmentation=None,
@@ -408,6 +432,8 @@ class UniMedLogic(ScriptedLoadableModuleLogic):
             classes: only these label-map classes (None: all).
             positivePoints: click prompts, world RAS (N, 3) array or a markups node; prompted mode when given.
             negativePoints: negative clicks, likewise.
+            roi: a box prompt: a ``vtkMRMLMarkupsROINode`` (its world bounds) or ``(x1, y1, z1, x2, y2, z2)``
+                world RAS mm; prompted mode, the structure inside it becomes a segment. Not with clicks.
             device: "auto", "cpu", "cuda".
             serverUrl: a MONAI Label server instead of the local subprocess.
             outputSegmentation: segmentation node to fill (new one if None).
@@ -427,6 +453,7 @@ class UniMedLogic(ScriptedLoadableModuleLogic):
         report = progressCallback or (lambda fraction, message: None)
         positive = self._pointsInVolumeSpace(inputVolume, positivePoints)
         negative = self._pointsInVolumeSpace(inputVolume, negativePoints)
+        box = self._boxInVolumeSpace(inputVolume, roi)
         workDir = Path(tempfile.mkdtemp(prefix="UniMed-", dir=self._tempRoot()))
         try:
             report(0.0, "Writing the input volume")
@@ -441,6 +468,7 @@ class UniMedLogic(ScriptedLoadableModuleLogic):
                 classes=tuple(classes) if classes else None,
                 positive_points=[tuple(p) for p in positive],
                 negative_points=[tuple(p) for p in negative],
+                box=box,
                 python=self.python,
             )
             report(0.05, "Running UniMed")
@@ -448,7 +476,7 @@ class UniMedLogic(ScriptedLoadableModuleLogic):
             report(0.9, "Loading the results")
             result = self.loadResults(outputs, inputVolume, tasks, request.prompted, outputSegmentation, findingsTable)
             result.outputDir = workDir if keepFiles else None
-            report(1.0, "Done")
+            report(1.0, result.statusMessage)
             return result
         finally:
             if not keepFiles:
@@ -511,6 +539,24 @@ class UniMedLogic(ScriptedLoadableModuleLogic):
         slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, parent, worldToLocal)
         return np.array([worldToLocal.TransformPoint(p) for p in points])
 
+    @classmethod
+    def _boxInVolumeSpace(cls, volumeNode, roi) -> tuple[float, ...] | None:
+        """A box prompt (ROI node or six world RAS numbers) → ``(x1, y1, z1, x2, y2, z2)`` in the volume's local RAS
+        (the bounds of its corners there, when the volume is under a transform); None without a box."""
+        if roi is None:
+            return None
+        if hasattr(roi, "IsA") and roi.IsA("vtkMRMLMarkupsROINode"):
+            bounds = [0.0] * 6
+            roi.GetRASBounds(bounds)  # world, axis-aligned: x_min, x_max, y_min, y_max, z_min, z_max
+            box = np.array([bounds[0], bounds[2], bounds[4], bounds[1], bounds[3], bounds[5]])
+        else:
+            box = np.asarray(roi, dtype=np.float64).reshape(-1)
+        if box.shape != (6,) or not np.isfinite(box).all() or np.any(box[3:] <= box[:3]):
+            raise ValueError(f"the box must be x1, y1, z1, x2, y2, z2 RAS mm with an extent, got {box.tolist()}")
+        corners = np.array([[box[3 * a + i] for i, a in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
+        local = cls._pointsInVolumeSpace(volumeNode, corners)
+        return tuple(float(v) for v in (*local.min(0), *local.max(0)))
+
     # -- files → nodes ----------------------------------------------------------------------------------------
     def loadResults(
         self,
@@ -523,7 +569,7 @@ class UniMedLogic(ScriptedLoadableModuleLogic):
     ) -> UniMedResult:
         """Turn the outputs into nodes placed like ``inputVolume`` (same grid, same parent transform)."""
         scene = slicer.mrmlScene
-        result = UniMedResult(outputs=outputs)
+        result = UniMedResult(outputs=outputs, warnings=list(outputs.warnings))
         entries = {e.value: e for e in self.labelEntries()}
         segmentation = outputSegmentation or scene.AddNewNodeByClass(
             "vtkMRMLSegmentationNode", f"{inputVolume.GetName()} UniMed"
@@ -535,14 +581,14 @@ class UniMedLogic(ScriptedLoadableModuleLogic):
         result.segmentationNode = segmentation
         labels = affine = None
         if prompted:
-            if outputs.click_path is None:
+            if outputs.prompt_path is None:
                 raise ValueError("the prompted run returned no mask")
             count = sum(
                 segmentation.GetSegmentation().GetNthSegment(i).GetName().startswith("UniMed prompt")
                 for i in range(segmentation.GetSegmentation().GetNumberOfSegments())
             )
             prompt = LabelEntry(1, f"UniMed prompt {count + 1}", PROMPT_SEGMENT_COLOR)
-            ids = self.importLabelVolume(outputs.click_path, segmentation, {1: prompt}, replace=False)
+            ids = self.importLabelVolume(outputs.prompt_path, segmentation, {1: prompt}, replace=False)
             result.promptSegmentId = ids.get(1, "")
             return result
         if outputs.labels_path is not None:
@@ -560,7 +606,7 @@ class UniMedLogic(ScriptedLoadableModuleLogic):
         probabilities = outputs.class_probabilities if "classify" in tasks else {}
         names = {value: entry.name for value, entry in entries.items()}
         result.findings = findings_rows(
-            detections, probabilities, labels, affine, names if labels is not None else None
+            detections, probabilities, labels, affine, names if labels is not None else None, outputs.warnings
         )
         if "detect" in tasks or "classify" in tasks:
             result.tableNode = self.createFindingsTable(result.findings, result.roiNodes, findingsTable)

@@ -94,3 +94,30 @@ def test_verify_net_in_out(weights):
         ckpt_path=str(weights),
         roi_size=[64, 64, 64],
     )
+
+
+def test_warnings_on_an_unfamiliar_scan_reach_the_bundles_summary(weights, tmp_path, capsys):
+    """A 100 mm slab of the sample is not the field of view the weights were trained on: results and a warning."""
+    from unimed_core.data.reproducible_nifti import save_nifti_reproducible
+
+    sample = read_image(BUNDLE / "sample" / f"{SAMPLE_NAME}.nii.gz")
+    k = sample.shape[2] // 2
+    affine = sample.affine.copy()
+    affine[:3, 3] = sample.affine[:3, :3] @ np.array([0, 0, k - 10]) + sample.affine[:3, 3]
+    slab = save_nifti_reproducible(sample.array[:, :, k - 10 : k + 10].copy(), affine, tmp_path / "in" / "slab.nii.gz")
+    workflow = _workflow(weights, tmp_path / "out", input_path=str(slab))
+    workflow.initialize()
+    workflow.run()
+    (row,) = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (tmp_path / "out" / "slab_seg.nii.gz").is_file()
+    assert [w["signal"] for w in row["warnings"]] == ["region"]
+    assert "field of view along S 100 mm" in row["warnings"][0]["message"]
+    logged = [line for line in capsys.readouterr().out.splitlines() if "warning (region)" in line]  # the bundle's log
+    assert logged and " - WARNING - " in logged[0] and str(slab) in logged[0]
+
+
+def test_the_shipped_sample_gets_no_warning(weights, tmp_path):
+    workflow = _workflow(weights, tmp_path / "out")
+    workflow.initialize()
+    workflow.run()
+    assert [row["warnings"] for row in json.loads((tmp_path / "out" / "summary.json").read_text())] == [[]]

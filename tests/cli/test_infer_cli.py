@@ -107,3 +107,62 @@ def test_no_inputs_is_an_argparse_error(tmp_path, capsys):
         main(["--out", str(tmp_path)])
     assert info.value.code == 2
     assert "give input volumes or --datalist" in capsys.readouterr().err
+
+
+def test_warning_on_an_unfamiliar_scan_reaches_summary_and_stderr(tmp_path, image, weights, capsys):
+    """The 48 mm ball is nothing like a generated abdomen: results are written, and the user is told why."""
+    out = tmp_path / "out"
+    assert _run(image, "--out", out, weights=weights) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "ct_seg.nii.gz").is_file()
+    signals = {w["signal"] for w in summary[0]["warnings"]}
+    assert "region" in signals
+    err = capsys.readouterr().err
+    assert f"unimed-infer: {image}: warning (region): the body region or field of view" in err
+    assert "field of view along" in err
+
+
+def test_a_generated_abdomen_gets_no_warning(tmp_path, weights, capsys):
+    from unimed_core.data.synthetic import SyntheticConfig, generate_case
+
+    case = generate_case(5, SyntheticConfig(shape=(48, 48, 40), spacing=(8.0, 8.0, 9.0)))
+    path = save_nifti_reproducible(case.image, case.affine, tmp_path / "in" / "abdomen.nii.gz")
+    assert _run(path, "--out", tmp_path / "out", "--classes", "liver", weights=weights) == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())[0]["warnings"] == []
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_box_prompt_writes_a_mask_inside_the_box(tmp_path, image, weights):
+    out = tmp_path / "out"
+    lo, hi = CENTRE - 8, CENTRE + 8
+    box = ",".join(f"{v:g}" for v in (*hi[:2], lo[2], *lo[:2], hi[2]))  # corners in any order
+    assert box.startswith("-")
+    assert _run(image, "--out", out, f"--box={box}", weights=weights) == 0
+    assert {p.name for p in out.iterdir()} == {"ct_box.nii.gz", "summary.json"}
+    written = nib.load(out / "ct_box.nii.gz")
+    mask = np.asarray(written.dataobj)
+    assert mask.shape == (24, 24, 16)
+    np.testing.assert_allclose(written.affine, AFFINE, atol=1e-4)
+    centres = np.stack(np.nonzero(mask), 1) @ AFFINE[:3, :3].T + AFFINE[:3, 3]
+    assert np.all((centres >= lo - 1e-6) & (centres <= hi + 1e-6))  # untrained weights: whatever they find is in it
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary[0]["voxels"] == int(mask.sum()) and "warnings" in summary[0]
+
+
+def test_bad_boxes_are_argparse_errors(tmp_path, image, weights, capsys):
+    for box, message in (
+        ("1,2,3,4,5", "a box is six finite numbers 'x1,y1,z1,x2,y2,z2' in RAS mm"),
+        ("1,2,3,4,2,6", "has no extent along an axis"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            _run(image, "--out", tmp_path / "out", f"--box={box}", weights=weights)
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _run(image, "--out", tmp_path / "out", "--box=0,0,0,1,1,1", "--click=0,0,0", weights=weights)
+    assert "either --box or clicks" in capsys.readouterr().err
+
+
+def test_a_box_outside_the_volume_exits_2(tmp_path, image, weights, capsys):
+    assert _run(image, "--out", tmp_path / "out", "--box=500,500,500,520,520,520", weights=weights) == 2
+    assert "lies outside the volume" in capsys.readouterr().err

@@ -13,10 +13,10 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 from scipy import ndimage
+from unimed_core.data.synthetic import SyntheticConfig, generate_case
 
 from unimed_core.data.image_io import Volume
 from unimed_core.data.preprocess import prepare_image, resample_label_to, restore_labels, restore_to_source
-from unimed_core.data.synthetic import SyntheticConfig, generate_case
 from unimed_core.inference.predictor import UniMedPredictor
 from unimed_core.label_map import LabelMap
 from unimed_core.metrics import dice_per_class

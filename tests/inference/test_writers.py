@@ -130,3 +130,112 @@ def test_dicom_seg_only_for_dicom_input(tmp_path):
     labels = {str(s.SegmentLabel) for s in ds.SegmentSequence}
     assert {LM.mask_classes[i] for i in present} <= labels
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in written.values())
+
+
+def _dicom_prediction(tmp_path):
+    write_series = _load_series_writer()
+    rng = np.random.default_rng(2)
+    ras = np.array([[2.0, 0, 0, -10.0], [0, 2.5, 0, 5.0], [0, 0, 3.0, -50.0], [0, 0, 0, 1]])
+    write_series(tmp_path / "dicom", rng.integers(-200, 200, SHAPE).astype(np.int16), ras)
+    volume = read_image(tmp_path / "dicom")
+    prediction = _prediction(volume.affine)
+    return volume, prediction, write_prediction(prediction, volume, tmp_path / "out", LM)
+
+
+def _code(item) -> tuple[str, str, str]:
+    return (str(item.CodingSchemeDesignator), str(item.CodeValue), str(item.CodeMeaning))
+
+
+def test_dicom_seg_segments_carry_the_label_maps_codes(tmp_path):
+    _, _, written = _dicom_prediction(tmp_path)
+    ds = pydicom.dcmread(written["label_dicom_seg"])
+    assert len(ds.SegmentSequence) == 3
+    for item in ds.SegmentSequence:
+        codes = LM.codes(str(item.SegmentLabel))
+        assert _code(item.SegmentedPropertyCategoryCodeSequence[0]) == codes["category"]
+        prop = item.SegmentedPropertyTypeCodeSequence[0]
+        assert _code(prop) == codes["type"]
+        if "typeModifier" in codes:
+            assert _code(prop.SegmentedPropertyTypeModifierCodeSequence[0]) == codes["typeModifier"]
+    assert {"SCT"} == {str(i.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) for i in ds.SegmentSequence}
+
+
+def test_seg_nrrd_segments_carry_slicer_terminology(tmp_path, nifti_volume):
+    written = write_prediction(_prediction(nifti_volume.affine), nifti_volume, tmp_path / "out", LM)
+    segments = {s["name"]: s for s in slicerio.read_segmentation(str(written["label_seg_nrrd"]))["segments"]}
+    for name, segment in segments.items():
+        codes = LM.codes(name)
+        terminology = segment["terminology"]
+        assert tuple(terminology["category"]) == codes["category"] and tuple(terminology["type"]) == codes["type"]
+        assert tuple(terminology.get("typeModifier", ())) == codes.get("typeModifier", ("", "", "")) or (
+            "typeModifier" not in codes
+        )
+    assert tuple(segments["kidney_left"]["terminology"]["typeModifier"]) == ("SCT", "7771000", "Left")
+
+
+def test_dicom_sr_holds_every_finding_and_references_series_and_seg(tmp_path):
+    import highdicom as hd
+
+    volume, prediction, written = _dicom_prediction(tmp_path)
+    assert written["findings_dicom_sr"].name == "dicom_sr.dcm"
+    sr = hd.sr.srread(written["findings_dicom_sr"])
+    seg = pydicom.dcmread(written["label_dicom_seg"])
+    source = volume.meta["dicom_datasets"]
+    assert sr.Modality == "SR" and sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert sr.StudyInstanceUID == source[0].StudyInstanceUID
+    assert sr.SeriesInstanceUID not in {volume.meta["series_uid"], seg.SeriesInstanceUID}
+    evidence = {
+        str(s.SeriesInstanceUID): {str(i.ReferencedSOPInstanceUID) for i in s.ReferencedSOPSequence}
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for s in study.ReferencedSeriesSequence
+    }
+    assert evidence[volume.meta["series_uid"]] == {str(d.SOPInstanceUID) for d in source}
+    assert evidence[str(seg.SeriesInstanceUID)] == {str(seg.SOPInstanceUID)}
+
+    report = hd.sr.MeasurementReport.from_sequence([sr])
+    image_groups = report.get_image_measurement_groups()
+    found = {}
+    for group in image_groups:
+        (measurement,) = group.get_measurements()
+        found[str(group.finding_type.meaning)] = measurement.value
+    expected = {LM.codes(k)["type"][2]: v for k, v in prediction.class_probabilities.items()}
+    assert found == pytest.approx(expected)
+
+    volumetric = report.get_volumetric_roi_measurement_groups()
+    boxes = [g for g in volumetric if g.roi is not None]
+    assert len(boxes) == len(prediction.boxes)
+    for group, det in zip(boxes, prediction.detections()):
+        assert str(group.finding_type.meaning) == LM.codes(det["label"])["type"][2]
+        assert group.get_measurements()[0].value == pytest.approx(det["score"])
+        assert group.roi.frame_of_reference_uid == source[0].FrameOfReferenceUID
+        assert group.roi.graphic_type == hd.sr.GraphicTypeValues3D.POLYGON
+        points = np.concatenate(group.roi.graphic_data)  # two closed polygons, LPS mm
+        ras = points * np.array([-1.0, -1.0, 1.0])
+        np.testing.assert_allclose(ras.min(0), det["box"][:3], atol=1e-3)
+        np.testing.assert_allclose(ras.max(0), det["box"][3:], atol=1e-3)
+    segments = [g for g in volumetric if g.roi is None]
+    assert len(segments) == len(seg.SegmentSequence)
+    voxel_mm3 = abs(np.linalg.det(volume.affine[:3, :3]))
+    for group, item in zip(segments, seg.SegmentSequence):
+        reference = group.referenced_segment
+        assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert reference.referenced_segment_numbers == [item.SegmentNumber]
+        assert str(group.finding_type.meaning) == LM.codes(str(item.SegmentLabel))["type"][2]
+        label_id = LM.mask_classes_by_name()[str(item.SegmentLabel)]
+        assert group.get_measurements()[0].value == pytest.approx((_labels() == label_id).sum() * voxel_mm3)
+
+
+def test_dicom_sr_and_seg_pass_dciodvfy(tmp_path):
+    """dicom3tools' validator (Debian ``dicom3tools``, installed by ``.ci/run``) finds no error in either object."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools); highdicom's own checks ran above")
+    _, _, written = _dicom_prediction(tmp_path)
+    for kind in ("findings_dicom_sr", "label_dicom_seg"):
+        run = subprocess.run(["dciodvfy", str(written[kind])], capture_output=True, text=True, timeout=60)
+        report = (run.stdout + run.stderr).splitlines()
+        assert report and report[0] in ("Comprehensive3DSR", "Segmentation"), report
+        errors = [line for line in report if line.startswith("Error")]
+        assert not errors, f"{kind}: {errors}"

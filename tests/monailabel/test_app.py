@@ -111,6 +111,47 @@ def test_interactive_clicks_in_voxels_and_in_ras_agree(server):
     assert _params(params)["mode"] == "clicks"
 
 
+def test_interactive_box_in_voxels_and_in_ras_agree(server):
+    """A box (``roi``) around case_b's liver: the model's box prompt, as voxel indices or world RAS mm."""
+    from unimed_core.data.boxes import voxel_to_world_boxes
+
+    truth = nib.load(server.truth / "case_b_label.nii.gz")
+    liver = np.asarray(truth.dataobj) == LABEL_MAP.mask_classes_by_name()["liver"]
+    idx = np.argwhere(liver)
+    voxels = [*idx.min(0).tolist(), *(idx.max(0) + 1).tolist()]  # MONAI's box convention: the end is exclusive
+    world = voxel_to_world_boxes(np.array([voxels], float), truth.affine)[0].tolist()
+    client = server.client()
+    by_voxel, params = client.infer("unimed_interactive", "case_b", {"roi": voxels})
+    mask = _assert_on_input_grid(by_voxel, server, "case_b")
+    assert _params(params)["mode"] == "box" and _params(params)["voxels"] == int(mask.sum())
+    inside = np.zeros_like(liver)
+    inside[voxels[0] : voxels[3], voxels[1] : voxels[4], voxels[2] : voxels[5]] = True
+    assert not np.any(mask[~inside])  # only what lies in the box
+    by_world, _ = client.infer("unimed_interactive", "case_b", {"roi": world, "coordinates": "RAS mm"})
+    np.testing.assert_array_equal(_assert_on_input_grid(by_world, server, "case_b"), mask)
+    by_unimed, params = client.infer("unimed", "case_b", {"roi": world, "coordinates": "RAS mm"})
+    np.testing.assert_array_equal(_assert_on_input_grid(by_unimed, server, "case_b"), mask)
+    assert _params(params)["mode"] == "box"
+    if server.weights == DEFAULT_WEIGHTS:  # a loose bound: the value of the day is in docs/reliability.md
+        dice = 2 * np.logical_and(mask > 0, liver).sum() / ((mask > 0).sum() + liver.sum())
+        assert dice >= 0.5, f"box Dice {dice:.2f}"
+    with pytest.raises(Exception, match="400|roi"):
+        client.infer("unimed_interactive", "case_b", {"roi": [1, 2, 3]})
+
+
+def test_results_warn_about_a_scan_unlike_the_training_data(server):
+    """Pure noise is not an abdomen: every model answers, and says so; a generated abdomen gets no warning."""
+    client = server.client()
+    _, params = client.infer("unimed", NOISE, {})
+    signals = {w["signal"] for w in _params(params)["warnings"]}
+    assert signals and signals <= {"region", "intensity"}
+    assert all(w["message"] for w in _params(params)["warnings"])
+    _, params = client.infer("unimed_classification", NOISE, {})
+    assert _params(params)["warnings"] and "probabilities" in _params(params)
+    _, params = client.infer("unimed", "case_a", {})
+    assert _params(params)["warnings"] == []
+
+
 def _save_labels(server, root: Path) -> None:
     """case_a: mask; case_b: boxes (Slicer markups, LPS, class in label.value); case_c: image label."""
     annotations = app_module("annotations")

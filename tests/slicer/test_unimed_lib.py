@@ -268,3 +268,51 @@ def test_dependencies():
     assert missing_modules({"json": None, "surely_not_a_module_xyz": None}) == ["surely_not_a_module_xyz"]
     assert pip_arguments([]) == ""
     assert pip_arguments(["monai", "unimed_core"], source="/opt/unimed") == "monai /opt/unimed"
+
+
+# -- box prompts and warnings --------------------------------------------------------------------------------
+def test_box_request_builds_the_box_option_and_refuses_bad_boxes():
+    request = InferenceRequest("in.nrrd", "out", box=(-10, -20.5, 3, 10, 0, 30))
+    assert request.prompted and request.prompt_kind == "box"
+    cmd = build_command(request)
+    assert "--box=-10.0,-20.5,3.0,10.0,0.0,30.0" in cmd and not any(c.startswith("--click") for c in cmd)
+    from unimed_core.cli.infer import parse_box
+
+    assert parse_box(cmd[-1].split("=", 1)[1]) == [-10.0, -20.5, 3.0, 10.0, 0.0, 30.0]  # what the CLI will read
+    for box, message in (((0, 0, 0, 1, 1), "box must be"), ((0, 0, 0, 1, 0, 1), "box must be")):
+        with pytest.raises(ValueError, match=message):
+            InferenceRequest("in.nrrd", "out", box=box)
+    with pytest.raises(ValueError, match="either a box or click points"):
+        InferenceRequest("in.nrrd", "out", box=(0, 0, 0, 1, 1, 1), positive_points=[(0, 0, 0)])
+    assert InferenceRequest("in.nrrd", "out").prompt_kind == ""
+
+
+def test_read_outputs_finds_the_box_mask_and_the_warnings(tmp_path):
+    (tmp_path / "input_box.nii.gz").write_bytes(b"")
+    warning = {"signal": "region", "score": 9.1, "limit": 3.0, "message": "field of view along S 100 mm"}
+    rows = [{"input": "/x/other.nrrd", "warnings": []}, {"input": "/x/input.nrrd", "warnings": [warning]}]
+    (tmp_path / "summary.json").write_text(json.dumps(rows))
+    outputs = read_outputs(tmp_path, "input")
+    assert outputs.prompt_path == outputs.box_path == tmp_path / "input_box.nii.gz"
+    assert outputs.warnings == [warning]
+
+
+def test_warnings_are_the_first_rows_of_the_findings_table():
+    warning = {"signal": "intensity", "message": "intensities unlike the training scans"}
+    rows = findings_rows([Detection("cyst", 0.5, (0, 0, 0, 1, 1, 1))], {"tumor": 0.2}, warnings=[warning])
+    assert [r.kind for r in rows] == ["warning", "class", "detection"]
+    assert rows[0].cells()[:3] == ("warning", "intensity: intensities unlike the training scans", "")
+
+
+def test_remote_box_prompt_and_warnings(tmp_path):
+    label = tmp_path / "server" / "result.nii.gz"
+    label.parent.mkdir()
+    label.write_bytes(b"nii")
+    warning = {"signal": "region", "message": "field of view"}
+    client = FakeClient(label, json.dumps({"warnings": [warning]}))
+    request = InferenceRequest(tmp_path / "in.nrrd", tmp_path / "out", box=(1, 2, 3, 4, 5, 6))
+    outputs = remote_infer(request, "input", client=client)
+    params = client.calls[0][2]
+    assert params["roi"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] and params["coordinates"] == "RAS mm"
+    assert "foreground" not in params
+    assert outputs.box_path == tmp_path / "out" / "input_box.nii.gz" and outputs.warnings == [warning]

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 from scipy import ndimage
-from unimed_slicer_helpers import ijk_to_ras, load_volume_node, segment_image_to_world
+from unimed_slicer_helpers import ijk_to_ras, load_volume_node, on_grid, segment_image_to_world
 
 slicer = pytest.importorskip("slicer")
 # The shipped model's held-out click Dice on the liver is 0.72 (benchmarks/results/learning.md); it over-segments
@@ -30,14 +30,6 @@ def _click_inside(label: np.ndarray, affine: np.ndarray, value: int) -> tuple[np
     depth = ndimage.distance_transform_edt(structure)
     ijk = np.unravel_index(int(np.argmax(depth)), depth.shape)
     return (affine @ np.array([*ijk, 1.0]))[:3], structure
-
-
-def _on_grid(mask: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, shape) -> np.ndarray:
-    """``mask`` sampled at the voxels of another grid covering the same voxels (axes permuted or reversed)."""
-    ijk = np.indices(shape).reshape(3, -1)
-    world = target_affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
-    source = np.rint(np.linalg.inv(affine) @ world)[:3].astype(int)
-    return mask[tuple(source)].reshape(shape)
 
 
 def _run_click(case_path, case, weights):
@@ -73,7 +65,7 @@ def test_click_prompt_segments_the_clicked_structure_on_the_input_grid(mrml_scen
         assert result.tableNode is None and not result.roiNodes
         # Slicer stores a left-handed grid (this P, L, S one) with its last axis reversed, so the written mask is
         # on the node's grid: compare it with the structure voxel by voxel through world coordinates.
-        overlap = np.logical_and(_on_grid(mask, written.affine, case.affine, structure.shape), structure).sum()
+        overlap = np.logical_and(on_grid(mask, written.affine, case.affine, structure.shape), structure).sum()
         dice, covered = 2 * overlap / (mask.sum() + structure.sum()), overlap / structure.sum()
         assert covered >= CLICK_COVERED and dice >= CLICK_DICE, f"covers {covered:.2f} of the liver, Dice {dice:.2f}"
     finally:

@@ -10,7 +10,15 @@ import numpy as np
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "slicer_extension" / "UniMed"
 
-__all__ = ["MODULE_DIR", "mrml_scene", "oblique_affine", "load_volume_node", "ijk_to_ras", "segment_image_to_world"]
+__all__ = [
+    "MODULE_DIR",
+    "mrml_scene",
+    "oblique_affine",
+    "load_volume_node",
+    "ijk_to_ras",
+    "segment_image_to_world",
+    "on_grid",
+]
 
 
 def _module_logics():
@@ -94,3 +102,11 @@ def oblique_affine(shape, spacing) -> np.ndarray:
     affine[:3, :3] = Rotation.from_euler("xyz", [15, -10, 25], degrees=True).as_matrix() @ np.diag(spacing)
     affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape) - 1) / 2)
     return affine
+
+
+def on_grid(mask: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, shape) -> np.ndarray:
+    """``mask`` sampled at the voxels of another grid covering the same voxels (axes permuted or reversed)."""
+    ijk = np.indices(shape).reshape(3, -1)
+    world = target_affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
+    source = np.rint(np.linalg.inv(affine) @ world)[:3].astype(int)
+    return mask[tuple(source)].reshape(shape)

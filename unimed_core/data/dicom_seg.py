@@ -6,6 +6,8 @@ keeps them), so that frame ``k`` of the SEG is ``labels[:, :, k]`` on source ima
 resampled for jitter or gantry tilt, a multi-frame source), ``meta["dicom_source_datasets"]`` are the sources
 referenced and each frame carries its own position, computed from the volume's affine. Segment numbers are 1..S
 in order of label id; each segment's label is the class name of the label map.
+Each segment's category, type and type modifier are the class's coded terminology in the label map
+(``LabelMap.codes``: SNOMED CT in the bundle's ``metadata.json``), or "Tissue" for a label map without codes.
 """
 
 from __future__ import annotations
@@ -22,28 +24,32 @@ from unimed_core.label_map import LabelMap
 if TYPE_CHECKING:
     from unimed_core.data.image_io import Volume
 
-__all__ = ["write_dicom_seg", "has_dicom_source", "ALGORITHM_NAME"]
+__all__ = [
+    "write_dicom_seg",
+    "build_dicom_seg",
+    "has_dicom_source",
+    "class_codes",
+    "software_version",
+    "ALGORITHM_NAME",
+]
 
 ALGORITHM_NAME = "UniMed"
 
 
-def _property_type(name: str):
-    """SNOMED code for a class name when pydicom's code dictionary has one (``kidney_left`` → Kidney), else Tissue.
-
-    Codes are looked up from the name, never retyped per class (the label map stays the one list of classes).
-    """
+def class_codes(label_map: LabelMap, name: str) -> dict:
+    """pydicom ``Code`` s of class ``name`` from the label map: ``category``, ``type`` and ``typeModifier`` (when
+    declared); SNOMED CT "Tissue" for both of the first two when the label map has no codes for it."""
     from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
 
-    words = name.replace("-", "_").split("_")
-    for key in ("".join(w.capitalize() for w in words), words[0].capitalize()):
-        try:
-            return getattr(codes.SCT, key)
-        except AttributeError:
-            continue
-    return codes.SCT.Tissue
+    declared = label_map.codes(name)
+    if declared is None:
+        return {"category": codes.SCT.Tissue, "type": codes.SCT.Tissue}
+    return {k: Code(value, scheme, meaning) for k, (scheme, value, meaning) in declared.items()}
 
 
-def _version() -> str:
+def software_version() -> str:
+    """The installed ``unimed_core`` version ("unknown" in a checkout that is not pip-installed)."""
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as package_version
 
@@ -96,10 +102,7 @@ def write_dicom_seg(
         ValueError: reference without DICOM source datasets, labels of the wrong shape, or unknown label ids.
         ImageWriteError: ``path`` is the reference DICOM folder or one of its files.
     """
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
 
-    version = _version()
     path = Path(path)
     own_grid = bool(reference.meta.get("dicom_datasets"))
     datasets = reference.meta.get("dicom_datasets") or reference.meta.get("dicom_source_datasets")
@@ -124,21 +127,39 @@ def write_dicom_seg(
         sources.add(reference.path.resolve())
     if path.resolve() in sources:
         raise ImageWriteError(path, "refusing to overwrite the input image")
+    seg = build_dicom_seg(labels, reference, label_map, series_description)
+    with atomic_write(path, ".dcm") as tmp:
+        seg.save_as(tmp)
+    return path
 
+
+def build_dicom_seg(labels: np.ndarray, reference: Volume, label_map: LabelMap, series_description: str):
+    """The ``highdicom.seg.Segmentation`` that :func:`write_dicom_seg` writes (arguments checked there)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    version = software_version()
+    own_grid = bool(reference.meta.get("dicom_datasets"))
+    datasets = reference.meta.get("dicom_datasets") or reference.meta.get("dicom_source_datasets")
+    ids = [int(v) for v in np.unique(labels) if v != 0]
     algorithm = hd.AlgorithmIdentificationSequence(
         name=ALGORITHM_NAME, family=codes.cid7162.ArtificialIntelligence, version=str(version)
     )
-    descriptions = [
-        hd.seg.SegmentDescription(
+    descriptions = []
+    for number, label_id in enumerate(ids, start=1):
+        coded = class_codes(label_map, label_map.mask_classes[label_id])
+        description = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=label_map.mask_classes[label_id],
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=_property_type(label_map.mask_classes[label_id]),
+            segmented_property_category=coded["category"],
+            segmented_property_type=coded["type"],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
         )
-        for number, label_id in enumerate(ids, start=1)
-    ]
+        if "typeModifier" in coded:  # e.g. Kidney + Left (highdicom has no argument for it)
+            modifier = hd.sr.CodedConcept.from_code(coded["typeModifier"])
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [modifier]
+        descriptions.append(description)
     # Segment numbers must be 1..S; map sparse label ids onto them. Frames are (k, rows=j, columns=i).
     numbered = np.zeros(labels.shape, dtype=np.uint16)
     for number, label_id in enumerate(ids, start=1):
@@ -159,6 +180,4 @@ def write_dicom_seg(
         device_serial_number="0",
         series_description=series_description,
     )
-    with atomic_write(path, ".dcm") as tmp:
-        seg.save_as(tmp)
-    return path
+    return seg

@@ -379,16 +379,18 @@ def _write_seg_nrrd(labels: np.ndarray, reference: Volume, tmp: Path, label_map:
         idx = np.nonzero(mask)
         extent = [int(v) for axis in idx for v in (axis.min(), axis.max())] if mask.any() else [0, -1, 0, -1, 0, -1]
         color = label_map.color(names[label_id]) if label_map is not None else (128, 128, 128)
-        segments.append(
-            {
-                "id": f"Segment_{label_id}",
-                "name": names[label_id],
-                "color": [c / 255.0 for c in color],
-                "labelValue": label_id,
-                "layer": 0,
-                "extent": extent,
-            }
-        )
+        segment = {
+            "id": f"Segment_{label_id}",
+            "name": names[label_id],
+            "color": [c / 255.0 for c in color],
+            "labelValue": label_id,
+            "layer": 0,
+            "extent": extent,
+        }
+        codes = label_map.codes(names[label_id]) if label_map is not None else None
+        if codes is not None:  # Slicer's terminology fields, from the label map's codes
+            segment["terminology"] = {"contextName": "UniMed label map", **{k: list(v) for k, v in codes.items()}}
+        segments.append(segment)
     voxels = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int16)
     seg = {"voxels": voxels, "ijkToLPS": lps_to_ras(reference.affine), "segments": segments}
     slicerio.write_segmentation(str(tmp), seg)

@@ -3,8 +3,9 @@
 ``inference.json`` builds a ``monai.engines.SupervisedEvaluator`` over volumes (``LoadVolumed``); each
 iteration runs :class:`~unimed_core.inference.predictor.UniMedPredictor` (sliding window, outputs on the
 input's own geometry), the ``postprocessing`` transform :class:`WritePredictiond` writes the files, and the
-:class:`InferenceSummary` handler records what was written in ``summary.json``. MONAI's handlers (progress
-bar, stats, MLflow) attach to this engine unchanged.
+:class:`InferenceSummary` handler records what was written in ``summary.json``, with each volume's
+``warnings`` (a scan unlike the training data, ``unimed_core.inference.familiarity``), which it also logs.
+MONAI's handlers (progress bar, stats, MLflow) attach to this engine unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from monai.transforms import Transform
 
 from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.image_io import Volume
+from unimed_core.inference.familiarity import warning_lines
 from unimed_core.inference.predictor import COORDINATES, Prediction, UniMedPredictor
 from unimed_core.inference.writers import write_prediction
 from unimed_core.label_map import LabelMap
@@ -130,8 +132,13 @@ class InferenceSummary:
                     "coordinates": COORDINATES,
                     "detections": prediction.detections(),
                     "classes": prediction.class_probabilities,
+                    "warnings": prediction.warnings,
                 }
             )
+            # the bundle's printout: the engine's logger (a module logger made at import is disabled by the bundle's
+            # logging.conf, which logging.config.fileConfig applies with disable_existing_loggers)
+            for line in warning_lines(prediction.warnings):
+                engine.logger.warning("%s: %s", getattr(volume, "path", "") or "volume", line)
 
     def _completed(self, engine) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,10 @@ from monai.data.box_utils import batched_nms
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
-from unimed_core.data.boxes import voxel_to_world_boxes, world_to_voxel_points
+from unimed_core.data.boxes import voxel_to_world_boxes, world_to_voxel_boxes, world_to_voxel_points
 from unimed_core.data.image_io import Volume
 from unimed_core.data.preprocess import PreparedVolume, prepare_image, restore_labels
+from unimed_core.inference.familiarity import FamiliarityReference, familiarity_warnings
 from unimed_core.label_map import LabelMap
 from unimed_core.model.inputs import PromptBatch
 from unimed_core.tokenizer import SequenceGrammar, Tokenizer
@@ -54,6 +55,8 @@ class Prediction:
         box_labels: class name of each box.
         box_scores: confidence of each box in [0, 1].
         class_probabilities: image class name → probability.
+        warnings: why the scan looks unlike the training data (``familiarity_warnings``), one dict per signal;
+            the results above are still given.
     """
 
     labels: np.ndarray
@@ -62,6 +65,7 @@ class Prediction:
     box_labels: list[str] = field(default_factory=list)
     box_scores: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
     class_probabilities: dict[str, float] = field(default_factory=dict)
+    warnings: list[dict] = field(default_factory=list)
 
     def detections(self) -> list[dict]:
         """Boxes as JSON-ready dicts."""
@@ -94,6 +98,8 @@ class UniMedPredictor:
             ``sum_q p_q(c) * sigmoid(mask_q)``), "class_tokens" (each class token's own mask,
             ``UniMed.class_masks``) or "both" (their mean).
         max_working_voxels: refuse volumes whose working grid exceeds this many voxels (memory bound).
+        familiarity: statistics of the training scans (a ``FamiliarityReference`` or its JSON file) that every
+            prediction's ``warnings`` are checked against; None: no checks.
 
     Example:
         >>> predictor = UniMedPredictor(unimed_small(), LabelMap.default())  # doctest: +SKIP
@@ -116,6 +122,7 @@ class UniMedPredictor:
         max_working_voxels: int = 512**3,
         semantic_source: str = "queries",
         box_source: str = "tokens",
+        familiarity: FamiliarityReference | str | None = None,
     ) -> None:
         if len(roi_size) != 3 or any(int(r) <= 0 or int(r) % 16 for r in roi_size):
             raise ValueError(f"roi_size must be three positive multiples of 16, got {roi_size}")
@@ -138,6 +145,9 @@ class UniMedPredictor:
             raise ValueError(f"box_source must be one of {BOX_SOURCES}, got {box_source!r}")
         self.box_source = box_source
         self.max_working_voxels = max_working_voxels
+        if familiarity is not None and not isinstance(familiarity, FamiliarityReference):
+            familiarity = FamiliarityReference.load(familiarity)
+        self.familiarity = familiarity
         num_fg = label_map.num_mask_classes - 1
         self._mask_classes = list(range(num_fg))  # class index i ↔ mask id i + 1
         self._box_classes = label_map.box_class_indices()
@@ -216,7 +226,13 @@ class UniMedPredictor:
             found = [_component_boxes(scores, labels, [c for c in self._box_classes if c < scores.shape[0]])]
         boxes, box_labels, box_scores = self._merge_boxes(found, prepared, wanted)
         probs = self._image_probabilities(windows)
-        return Prediction(restored, prepared.source_affine.copy(), boxes, box_labels, box_scores, probs)
+        warnings = self.familiarity_warnings(volume)
+        return Prediction(restored, prepared.source_affine.copy(), boxes, box_labels, box_scores, probs, warnings)
+
+    def familiarity_warnings(self, volume: Volume) -> list[dict]:
+        """Why ``volume`` looks unlike the training scans (``unimed_core.inference.familiarity``); [] when it
+        does not, or when the predictor has no statistics."""
+        return [] if self.familiarity is None else familiarity_warnings(volume, self.familiarity)
 
     def _semantic_scores(self, out, class_masks: torch.Tensor) -> torch.Tensor:
         """(B, K, D', H', W') per-class scores in [0, 1] from ``semantic_source`` (``class_masks``: the class
@@ -345,6 +361,35 @@ class UniMedPredictor:
         logits = self._prompt_logits(prepared, start, tokens)
         return restore_labels(logits[None], prepared, lambda slab: slab[0] > 0, dtype=torch.uint8).numpy()
 
+    @torch.no_grad()
+    def segment_box(self, volume: Volume, box: np.ndarray, prepared: PreparedVolume | None = None) -> np.ndarray:
+        """Mask (on the input grid, uint8) of the structure inside ``box``: ``x1, y1, z1, x2, y2, z2`` world RAS mm
+        (two opposite corners, in any order), the model's ``BOX`` prompt.
+
+        The box becomes normalised corner coordinates of the window centred on it, as training draws box prompts
+        (``unimed_core.training.prompt_sampling``); only voxels whose centres lie inside the box are kept.
+
+        ``prepared``: ``self.prepare(volume)`` when the caller already has it (several calls on one volume).
+        """
+        box = np.asarray(box, dtype=np.float64).reshape(-1)
+        if box.shape != (6,) or not np.all(np.isfinite(box)):
+            raise ValueError(f"a box is six finite numbers x1, y1, z1, x2, y2, z2 (RAS mm), got {box.tolist()}")
+        box = np.concatenate([np.minimum(box[:3], box[3:]), np.maximum(box[:3], box[3:])])
+        if np.any(box[3:] - box[:3] <= 0):
+            raise ValueError(f"the box {box.tolist()} has no extent along an axis")
+        prepared = self.prepare(volume) if prepared is None else prepared
+        voxels = world_to_voxel_boxes(box[None], prepared.affine)[0]  # corners: voxel i spans [i, i + 1)
+        shape = np.asarray(prepared.shape, dtype=np.float64)
+        clipped = np.concatenate([np.maximum(voxels[:3], 0), np.minimum(voxels[3:], shape)])
+        if np.any(clipped[3:] <= clipped[:3]):
+            raise ValueError(f"the box {box.tolist()} lies outside the volume")
+        start = self._window_around((clipped[:3] + clipped[3:]) / 2 - 0.5, prepared.shape)
+        size = np.asarray(self.roi_size, dtype=np.float64)
+        local = np.clip((clipped - np.tile(start, 2)) / np.tile(size, 2), 0.0, 1.0)
+        logits = self._prompt_logits(prepared, start, self.tokenizer.encode_box_prompt(local))
+        restored = restore_labels(logits[None], prepared, lambda slab: slab[0] > 0, dtype=torch.uint8).numpy()
+        return restored * _inside_box(prepared.source_shape, prepared.source_affine, box)
+
     def _window_around(self, centre: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         start = np.round(centre - np.asarray(self.roi_size) / 2)
         return np.clip(start, 0, np.maximum(np.asarray(shape) - np.asarray(self.roi_size), 0)).astype(int)
@@ -366,6 +411,23 @@ class UniMedPredictor:
         pasted = torch.full(tuple(int(s) for s in shape), OUTSIDE_LOGIT)
         pasted[region] = logits[local]
         return pasted
+
+
+def _inside_box(shape: Sequence[int], affine: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """uint8 (``shape``): 1 where a voxel's centre lies in the world box ``x1, y1, z1, x2, y2, z2`` (any grid, oblique
+    included; only the voxels of the box's bounding region are looked at)."""
+    inside = np.zeros(tuple(shape), dtype=np.uint8)
+    region = world_to_voxel_boxes(box[None], affine)[0]  # corner convention: centre i sits at i + 0.5
+    lo = np.clip(np.floor(region[:3] - 0.5), 0, shape).astype(int)
+    hi = np.clip(np.ceil(region[3:] - 0.5) + 1, 0, shape).astype(int)
+    if np.any(hi <= lo):
+        return inside
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1)
+    world = grid @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    eps = 1e-6  # a centre on a face counts as inside
+    found = np.all((world >= box[:3] - eps) & (world <= box[3:] + eps), axis=-1)
+    inside[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = found
+    return inside
 
 
 def _component_boxes(scores: torch.Tensor, labels: torch.Tensor, box_classes: Sequence[int]) -> dict:

@@ -2,7 +2,8 @@
 
 Per input: the label volume (NIfTI and Slicer ``.seg.nrrd``; DICOM SEG when the input was a DICOM series),
 the detections as JSON (world mm, RAS stated) and as Slicer markups ROIs (``.mrk.json``), and the image
-class probabilities as JSON.
+class probabilities as JSON. For a DICOM series also a DICOM SR (TID 1500) of every finding, referencing the
+series and the SEG (``unimed_core.data.dicom_sr``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.dicom_seg import has_dicom_source, write_dicom_seg
+from unimed_core.data.dicom_sr import write_dicom_sr
 from unimed_core.data.image_io import Volume, write_label
 from unimed_core.inference.predictor import COORDINATES, Prediction
 from unimed_core.label_map import LabelMap
@@ -70,8 +72,8 @@ def write_prediction(
 ) -> dict[str, Path]:
     """Write every output of one volume into ``out_dir``; returns kind → path.
 
-    Files: ``NAME_seg.nii.gz``, ``NAME.seg.nrrd``, ``NAME_seg.dcm`` (DICOM input only), ``NAME_boxes.json``,
-    ``NAME_boxes.mrk.json``, ``NAME_classes.json``.
+    Files: ``NAME_seg.nii.gz``, ``NAME.seg.nrrd``, ``NAME_seg.dcm`` (DICOM input with a segment),
+    ``NAME_sr.dcm`` (DICOM input), ``NAME_boxes.json``, ``NAME_boxes.mrk.json``, ``NAME_classes.json``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,8 +83,22 @@ def write_prediction(
         "label_seg_nrrd": write_label(prediction.labels, reference, out_dir / f"{name}.seg.nrrd", label_map),
     }
     if has_dicom_source(reference):
-        written["label_dicom_seg"] = write_dicom_seg(
-            prediction.labels, reference, out_dir / f"{name}_seg.dcm", label_map
+        seg = None
+        if np.any(prediction.labels > 0):  # a DICOM SEG needs at least one segment
+            written["label_dicom_seg"] = write_dicom_seg(
+                prediction.labels, reference, out_dir / f"{name}_seg.dcm", label_map
+            )
+            import pydicom
+
+            seg = pydicom.dcmread(written["label_dicom_seg"], stop_before_pixels=True)
+        written["findings_dicom_sr"] = write_dicom_sr(
+            out_dir / f"{name}_sr.dcm",
+            reference,
+            label_map,
+            prediction.class_probabilities,
+            prediction.detections(),
+            prediction.labels,
+            seg,
         )
     boxes = {"coordinates": COORDINATES, "image": str(reference.path or ""), "detections": prediction.detections()}
     written["boxes_json"] = atomic_write_json(out_dir / f"{name}_boxes.json", boxes)

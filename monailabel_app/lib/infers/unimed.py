@@ -11,6 +11,16 @@
   in image voxel indices (``[i, j, k]``, what the Slicer plugin sends); ``"coordinates": "RAS mm"`` in the
   request says they are world millimetres instead. Returns a binary mask on the input grid.
 
+A box prompt (the model's ``BOX`` token sequence) works wherever clicks do (``unimed`` and ``unimed_interactive``):
+``"roi": [x1, y1, z1, x2, y2, z2]``, two opposite corners, in voxel indices of the image with MONAI's box
+convention (voxels ``x1 .. x2 - 1``), or world RAS mm with ``"coordinates": "RAS mm"``. (MONAI Label's own SAM2
+app orders its 2D ``roi`` differently; this app's is MONAI's ``XYZXYZ`` box mode.) The result is the structure
+inside the box, as a binary mask on the input grid.
+
+Every result JSON has ``warnings``: why the scan looks unlike the training data
+(``unimed_core.inference.familiarity``), a list of ``{"signal", "score", "limit", "message"}``, empty when it does
+not; the result is returned all the same.
+
 Request parameters: ``classes`` (label-map names to keep) for ``unimed`` / ``unimed_detection``. The device
 is the server's (``--conf device``); a request's ``device`` is ignored.
 """
@@ -28,7 +38,7 @@ import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from unimed_core.data.boxes import voxel_to_world_points
+from unimed_core.data.boxes import voxel_to_world_boxes, voxel_to_world_points
 from unimed_core.data.image_io import Volume, read_image, write_label
 from unimed_core.inference.predictor import COORDINATES
 from unimed_core.inference.writers import markups_roi_document
@@ -42,6 +52,7 @@ __all__ = [
     "UniMedClassification",
     "UniMedInteractive",
     "click_points",
+    "box_prompt",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +79,40 @@ def click_points(request: dict, volume: Volume) -> tuple[np.ndarray, np.ndarray]
             raise ValueError(f"{key} has non-finite coordinates: {raw!r}")
         out.append(points if world or len(points) == 0 else voxel_to_world_points(points, volume.affine))
     return out[0], out[1]
+
+
+def box_prompt(request: dict, volume: Volume) -> np.ndarray | None:
+    """The request's ``roi`` as a world RAS mm box ``(6,)``, or None when it has none.
+
+    Raises:
+        ValueError: an ``roi`` that is not six finite numbers.
+    """
+    raw = request.get("roi")
+    if raw is None or (hasattr(raw, "__len__") and len(raw) == 0):
+        return None
+    try:
+        box = np.asarray(raw, dtype=np.float64).reshape(-1)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"roi must be [x1, y1, z1, x2, y2, z2], got {raw!r}") from e
+    if box.shape != (6,) or not np.all(np.isfinite(box)):
+        raise ValueError(f"roi must be six finite numbers [x1, y1, z1, x2, y2, z2], got {raw!r}")
+    if str(request.get("coordinates", "")).strip().lower() == WORLD.lower():
+        return box
+    corners = np.concatenate([np.minimum(box[:3], box[3:]), np.maximum(box[:3], box[3:])])
+    return voxel_to_world_boxes(corners[None], volume.affine)[0]
+
+
+def _prompt_mask(predictor, volume: Volume, request: dict) -> tuple[str, np.ndarray] | None:
+    """``("box" | "clicks", mask)`` for a prompted request, None for an automatic one."""
+    box = box_prompt(request, volume)
+    positive, negative = click_points(request, volume)
+    if box is not None and len(positive):
+        raise ValueError("give either an roi (box) or foreground clicks, not both")
+    if box is not None:
+        return "box", predictor.segment_box(volume, box)
+    if len(positive):
+        return "clicks", predictor.segment_clicks(volume, positive, negative)
+    return None
 
 
 _RESULTS_DIR: str | None = None
@@ -103,6 +148,8 @@ class _UniMedInfer(InferTask):
             predictor = self.service.predictor()
             loaded = time.monotonic()
             result_file, result = self.run(predictor, volume, request)
+            if "warnings" not in result:  # automatic results bring their own, from the same checks
+                result["warnings"] = predictor.familiarity_warnings(volume)
         except WeightsError:
             raise  # the server's fault, not the request's: stays a 500 with the weights' path
         except ValueError as e:  # bad input (unreadable, 2-D, too large, constant, clicks outside): say why
@@ -132,12 +179,12 @@ class UniMedSegmentation(_UniMedInfer):
         self.label_map = label_map
 
     def run(self, predictor, volume, request):
-        positive, negative = click_points(request, volume)
+        prompted = _prompt_mask(predictor, volume, request)
         path = _temp_path(".nii.gz")
-        if len(positive):
-            mask = predictor.segment_clicks(volume, positive, negative)
+        if prompted is not None:
+            mode, mask = prompted
             write_label(mask, volume, path)
-            return path, {"mode": "clicks", "label_names": {"background": 0, request.get("label", "structure"): 1}}
+            return path, {"mode": mode, "label_names": {"background": 0, request.get("label", "structure"): 1}}
         prediction = predictor.predict(volume, classes=request.get("classes") or None)
         write_label(prediction.labels, volume, path, self.label_map)
         return path, {
@@ -146,6 +193,7 @@ class UniMedSegmentation(_UniMedInfer):
             "coordinates": COORDINATES,
             "detections": prediction.detections(),
             "probabilities": prediction.class_probabilities,
+            "warnings": prediction.warnings,
         }
 
 
@@ -181,17 +229,18 @@ class UniMedClassification(_UniMedInfer):
 
 
 class UniMedInteractive(_UniMedInfer):
-    """``unimed_interactive``: the structure under positive clicks, excluding negative ones."""
+    """``unimed_interactive``: the structure under positive clicks, excluding negative ones, or inside an ``roi``."""
 
     def __init__(self, service: ModelService, label_map) -> None:
         labels = [name for i, name in sorted(label_map.mask_classes.items()) if i > 0]
-        super().__init__(service, InferType.DEEPGROW, labels, "UniMed: interactive segmentation from clicks")
+        super().__init__(service, InferType.DEEPGROW, labels, "UniMed: interactive segmentation from clicks or a box")
 
     def run(self, predictor, volume, request):
-        positive, negative = click_points(request, volume)
-        if not len(positive):
-            raise ValueError("interactive segmentation needs at least one foreground point")
-        mask = predictor.segment_clicks(volume, positive, negative)
+        prompted = _prompt_mask(predictor, volume, request)
+        if prompted is None:
+            raise ValueError("interactive segmentation needs at least one foreground point or an roi (box)")
+        mode, mask = prompted
         path = _temp_path(".nii.gz")
         write_label(mask, volume, path)
-        return path, {"label_names": {"background": 0, request.get("label", "structure"): 1}, "voxels": int(mask.sum())}
+        names = {"background": 0, request.get("label", "structure"): 1}
+        return path, {"label_names": names, "voxels": int(mask.sum()), "mode": mode}

@@ -41,6 +41,8 @@ class InferenceRequest:
         classes: only these label-map classes (None: all).
         positive_points: click prompts, RAS mm; when given, the command segments the structure under them.
         negative_points: clicks marking what is *not* the structure, RAS mm.
+        box: ``(x1, y1, z1, x2, y2, z2)`` RAS mm (a markups ROI's bounds); when given, the command segments the
+            structure inside it (the model's box prompt). Not together with clicks.
         python: interpreter that has ``unimed_core`` installed (default: this one).
 
     Example:
@@ -56,6 +58,7 @@ class InferenceRequest:
     classes: tuple[str, ...] | None = None
     positive_points: tuple[tuple[float, float, float], ...] = field(default_factory=tuple)
     negative_points: tuple[tuple[float, float, float], ...] = field(default_factory=tuple)
+    box: tuple[float, float, float, float, float, float] | None = None
     python: str = sys.executable
 
     def __post_init__(self) -> None:
@@ -74,13 +77,25 @@ class InferenceRequest:
         object.__setattr__(self, "negative_points", _points(self.negative_points, "negative_points"))
         if self.negative_points and not self.positive_points:
             raise ValueError("negative_points need at least one positive point")
+        if self.box is not None:
+            box = tuple(float(v) for v in self.box)
+            if len(box) != 6 or not all(math.isfinite(v) for v in box) or any(a >= b for a, b in zip(box, box[3:])):
+                raise ValueError(f"box must be (x1, y1, z1, x2, y2, z2) RAS mm with x1 < x2 etc., got {self.box!r}")
+            if self.positive_points:
+                raise ValueError("give either a box or click points, not both")
+            object.__setattr__(self, "box", box)
         if not self.python:
             raise ValueError("python (the interpreter to run) is empty")
 
     @property
     def prompted(self) -> bool:
-        """True when the request segments what the clicks point at instead of everything."""
-        return bool(self.positive_points)
+        """True when the request segments what the clicks (or the box) point at instead of everything."""
+        return bool(self.positive_points) or self.box is not None
+
+    @property
+    def prompt_kind(self) -> str:
+        """ "box", "click" or "" (automatic): also the infix of the mask file ``NAME_<kind>.nii.gz``."""
+        return "box" if self.box is not None else "click" if self.positive_points else ""
 
 
 def _point_text(p: Sequence[float]) -> str:
@@ -98,4 +113,6 @@ def build_command(request: InferenceRequest) -> list[str]:
     # "--click=x,y,z" in one argument: argparse would read a separate "-60.0,..." as an option
     cmd += [f"--click={_point_text(p)}" for p in request.positive_points]
     cmd += [f"--negative-click={_point_text(p)}" for p in request.negative_points]
+    if request.box is not None:
+        cmd.append(f"--box={_point_text(request.box)}")
     return cmd

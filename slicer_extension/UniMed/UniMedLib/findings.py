@@ -1,4 +1,4 @@
-"""The findings table: image classes with probabilities, detections with size and the segment they overlap.
+"""The findings table: warnings first, image classes with probabilities, detections with size and segment.
 
 Computed from the label volume (indexed ``[i, j, k]``) and its voxel → RAS affine, so it works for any grid,
 oblique included: a world box covers the voxels whose *centres* lie inside it.
@@ -24,9 +24,9 @@ class Finding:
     """One row of the findings table.
 
     Attributes:
-        kind: "class" (image-level) or "detection".
-        label: class name.
-        score: probability (class) or detection score.
+        kind: "warning" (the scan is unlike the training data), "class" (image-level) or "detection".
+        label: class name (for a warning: its signal and message).
+        score: probability (class) or detection score (NaN for a warning: its text says why).
         size_mm: box size along R, A, S (detections only).
         center: box centre, RAS mm (detections only; what the views centre on).
         segment: name of the segment covering most of the box ("" if none).
@@ -45,7 +45,8 @@ class Finding:
         """Text of the row in :data:`COLUMNS` order."""
         size = "" if self.size_mm is None else " x ".join(f"{s:.1f}" for s in self.size_mm)
         overlap = f"{self.overlap:.2f}" if self.kind == "detection" else ""
-        return (self.kind, self.label, f"{self.score:.3f}", size, self.segment, overlap)
+        score = "" if self.score != self.score else f"{self.score:.3f}"  # NaN: no score
+        return (self.kind, self.label, score, size, self.segment, overlap)
 
 
 def box_voxel_mask(box: Sequence[float], shape: Sequence[int], affine: np.ndarray):
@@ -91,8 +92,9 @@ def findings_rows(
     labels: np.ndarray | None = None,
     affine: np.ndarray | None = None,
     names: Mapping[int, str] | None = None,
+    warnings: Sequence[Mapping] = (),
 ) -> list[Finding]:
-    """Rows of the findings table: image classes first (most probable first), then detections by score.
+    """Rows of the findings table: warnings, image classes (most probable first), then detections by score.
 
     Args:
         detections: boxes from the model.
@@ -100,10 +102,12 @@ def findings_rows(
         labels: label volume ``[i, j, k]`` to find each box's segment in (None: no segment column).
         affine: its voxel → RAS affine.
         names: label id → segment name.
+        warnings: ``{"signal", "message"}`` dicts (``InferenceOutputs.warnings``), each a row on top.
     """
     if labels is not None and (affine is None or names is None):
         raise ValueError("labels need their affine and the label names")
-    rows = [Finding("class", k, float(p)) for k, p in sorted(class_probabilities.items(), key=lambda kv: -kv[1])]
+    rows = [Finding("warning", f"{w['signal']}: {w['message']}", float("nan")) for w in warnings]
+    rows += [Finding("class", k, float(p)) for k, p in sorted(class_probabilities.items(), key=lambda kv: -kv[1])]
     for det in sorted(detections, key=lambda d: -d.score):
         segment, overlap = ("", 0.0) if labels is None else overlapping_segment(det.box, labels, affine, names)
         rows.append(Finding("detection", det.label, det.score, det.size, det.center, segment, overlap))

@@ -5,8 +5,9 @@ answer is written into ``out_dir`` under the same names as ``unimed-infer``'s ou
 the same way (:func:`~UniMedLib.results.read_outputs`).
 
 Request parameters sent with the image: ``classes`` (label-map names), ``foreground`` / ``background``
-(click prompts) and ``coordinates`` ("RAS mm": the points are world coordinates, not voxel indices).
-Result parameters read back when present: ``detections`` (as in ``NAME_boxes.json``) and ``probabilities``.
+(click prompts), ``roi`` (a box prompt, ``[x1, y1, z1, x2, y2, z2]``) and ``coordinates`` ("RAS mm": points and
+boxes are world coordinates, not voxel indices). Result parameters read back when present: ``detections`` (as in
+``NAME_boxes.json``), ``probabilities`` and ``warnings`` (stored as ``summary.json``, as ``unimed-infer`` does).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def request_params(request: InferenceRequest) -> dict[str, Any]:
     params: dict[str, Any] = {"coordinates": "RAS mm", "device": request.device}
     if request.classes:
         params["classes"] = list(request.classes)
-    if request.prompted:
+    if request.box is not None:
+        params["roi"] = list(request.box)
+    elif request.prompted:
         params["foreground"] = [list(p) for p in request.positive_points]
         params["background"] = [list(p) for p in request.negative_points]
     return params
@@ -73,7 +76,7 @@ def remote_infer(
     out_dir = Path(request.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     label_file = Path(label_file)
-    kind = "click" if request.prompted else "seg"
+    kind = request.prompt_kind or "seg"
     suffix = _suffix(label_file)
     shutil.copyfile(label_file, out_dir / f"{name}_{kind}{suffix}")
     result = json.loads(result) if isinstance(result, str) else (result or {})
@@ -83,4 +86,6 @@ def remote_infer(
     if "probabilities" in result:
         doc = {"probabilities": result["probabilities"]}
         (out_dir / f"{name}_classes.json").write_text(json.dumps(doc), encoding="utf-8")
+    summary = [{"input": str(request.input_path), "warnings": result.get("warnings", [])}]
+    (out_dir / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     return read_outputs(out_dir, name)

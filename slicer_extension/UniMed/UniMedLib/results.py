@@ -61,15 +61,25 @@ class InferenceOutputs:
         name: the case name (file stem) the outputs are named after.
         labels_path: label volume on the input grid (None in prompted mode or when not written).
         click_path: mask of the click-prompted structure (prompted mode only).
+        box_path: mask of the structure in a box prompt (prompted mode only).
         detections: boxes with label and score.
         class_probabilities: image class → probability.
+        warnings: why the scan looks unlike the model's training data (``summary.json``'s ``warnings``), each with
+            its ``signal`` and ``message``; the results are there all the same.
     """
 
     name: str
     labels_path: Path | None = None
     click_path: Path | None = None
+    box_path: Path | None = None
     detections: list[Detection] = field(default_factory=list)
     class_probabilities: dict[str, float] = field(default_factory=dict)
+    warnings: list[dict] = field(default_factory=list)
+
+    @property
+    def prompt_path(self) -> Path | None:
+        """The mask of a prompted run (box or clicks), None in automatic mode."""
+        return self.box_path or self.click_path
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,7 @@ def read_outputs(out_dir: str | Path, name: str) -> InferenceOutputs:
     if not out_dir.is_dir():
         raise ValueError(f"{out_dir}: output folder does not exist")
     outputs = InferenceOutputs(name)
-    for attr, kind in (("labels_path", "seg"), ("click_path", "click")):
+    for attr, kind in (("labels_path", "seg"), ("click_path", "click"), ("box_path", "box")):
         # unimed-infer writes NIfTI; a MONAI Label server may answer in another format
         found = [out_dir / f"{name}_{kind}{suffix}" for suffix in LABEL_SUFFIXES]
         setattr(outputs, attr, next((p for p in found if p.is_file()), None))
@@ -119,9 +129,24 @@ def read_outputs(out_dir: str | Path, name: str) -> InferenceOutputs:
     classes = out_dir / f"{name}_classes.json"
     if classes.is_file():
         outputs.class_probabilities = {str(k): float(v) for k, v in _json(classes).get("probabilities", {}).items()}
-    if outputs.labels_path is None and outputs.click_path is None:
-        raise ValueError(f"{out_dir}: no label volume named {name}_seg.* or {name}_click.*")
+    summary = out_dir / "summary.json"
+    if summary.is_file():
+        rows = _json(summary)
+        rows = rows if isinstance(rows, list) else []
+        # the row of this case: the one whose input has this name (a folder of one run holds one row)
+        mine = [r for r in rows if isinstance(r, dict) and _stem(str(r.get("input", ""))) == name] or rows[:1]
+        outputs.warnings = [dict(w) for w in (mine[0].get("warnings") or [])] if mine else []
+    if outputs.labels_path is None and outputs.prompt_path is None:
+        raise ValueError(f"{out_dir}: no label volume named {name}_seg.*, {name}_click.* or {name}_box.*")
     return outputs
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in sorted((*LABEL_SUFFIXES, ".nhdr", ".mha"), key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def read_label_array(path: str | Path):
