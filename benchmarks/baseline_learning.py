@@ -3,15 +3,15 @@
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.baseline_learning --task segmentation --minutes 30 --clock process
 
 ``make bench`` compares UniMed with the baselines after 45 CPU-seconds each, too short for either to learn. This
-script trains one baseline (SegResNet, RetinaNet or DenseNet121, ``benchmarks.baselines``) with the settings of
-``benchmarks/learning.py`` (its data, 6 mm working grid, 64³ patches, batch 2, AdamW at 1e-3, the same CPU
-budget) and scores it on the same 16 held-out studies with the same ``evaluate``, so that its numbers sit next to
+script trains one baseline (SegResNet, RetinaNet or DenseNet121, ``benchmarks.baselines``) with its MONAI recipe's
+optimiser, schedule and augmentation (``benchmarks.baseline_training.RECIPES``) on ``benchmarks/learning.py``'s
+data, 6 mm working grid, 64³ patches and batch, for the same CPU budget, and scores it on the same 16 held-out studies with the same ``evaluate``, so that its numbers sit next to
 ``learning.json``'s. Each task runs in its own process: three of them side by side on the 2-core machine take
 about as long as one UniMed run. ``benchmarks/report.py`` sets the results beside ``learning.json`` in
 ``docs/benchmarks.md``.
 
-The baselines train on the items with their own annotation only (``items_for``) and without UniMed's augmentation:
-MONAI's recipes as they come.
+The baselines train on the items with their own annotation only (``items_for``). For quality against training
+steps (snapshots of one long, resumable run each) see ``benchmarks/baseline_curve.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.baselines import BUILDERS, BaselinePredictor, train_baseline_run
+from benchmarks.baseline_training import steps_for_budget, train_baseline_run
+from benchmarks.baselines import BUILDERS, BaselinePredictor
 from benchmarks.learning import PATCH, SPACING, json_safe, make_data
 from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.datalist import load_datalist
@@ -42,8 +43,9 @@ def train_and_evaluate(args) -> dict:
     net = BUILDERS[args.task](label_map)
     budget_s = args.minutes * 60 * (torch.get_num_threads() if args.clock == "process" else 1)
     history, train = train_baseline_run(
-        args.task, net, items["training"], label_map, patch_size=PATCH, spacing=SPACING, batch_size=2, lr=1e-3,
-        max_steps=args.max_steps, time_budget_s=budget_s, time_budget_clock=args.clock, seed=args.seed,
+        args.task, net, items["training"], label_map, patch_size=PATCH, spacing=SPACING, batch_size=2,
+        max_steps=args.max_steps, schedule_steps=min(args.max_steps, steps_for_budget(args.task, budget_s)),
+        time_budget_s=budget_s, time_budget_clock=args.clock, seed=args.seed,
     )  # fmt: skip
     parts = {"segmenter": None, "detector": None, "classifier": None}
     parts[{"segmentation": "segmenter", "detection": "detector", "classification": "classifier"}[args.task]] = net

@@ -1,16 +1,38 @@
 """MONAI's single-task networks as baselines for UniMed: SegResNet, RetinaNet, DenseNet121.
 
-Each baseline is MONAI's network (none is written here), trained on the same datalist items, the same working
-grid and the same random crops as UniMed (``unimed_core.data.training_data.load_case`` / ``crop_case``), and
-evaluated through :class:`BaselinePredictor`, which returns UniMed's :class:`Prediction` (labels on the input
-grid, boxes in world RAS mm) so that ``unimed_core.evaluation.evaluate`` scores both with the same functions.
+Each baseline is MONAI's network (none is written here), configured as a MONAI bundle or tutorial configures it
+for this kind of data; where this benchmark cannot (a CPU, a 6 mm grid, generated CT *and* MR studies) the
+deviation and its reason are written next to the setting. Recipes (Project-MONAI/model-zoo unless said otherwise):
+
+- SegResNet: ``models/brats_mri_segmentation/configs/train.json`` (``network_def``: blocks_down 1-2-2-4,
+  blocks_up 1-1-1, init_filters 16, dropout 0.2), the loss of Project-MONAI/research-contributions
+  ``auto3dseg/algorithm_templates/segresnet/configs/hyper_parameters.yaml`` (DiceCE with the background,
+  squared_pred, smooth_nr 0, smooth_dr 1e-5, softmax). Deviation: init_filters 16 (the BraTS bundle's), not the
+  32 of ``wholeBody_ct_segmentation`` and Auto3DSeg: 32 costs 9 CPU-s a step at 64^3 on one thread (16: 3 s).
+- RetinaNet: ``models/lung_nodule_ct_detection/configs/train.json`` (``anchor_generator``, ``detector_ops``: the
+  ATSS matcher with 4 candidates, the hard-negative sampler 64 / 0.3 / 20 / 16; 3 anchor shapes per level; three
+  FPN levels, the finest at the backbone's stride 8 here). Deviations: a half-width ResNet-10 instead of ResNet-50
+  (CPU), and anchors of 2-32 voxels (12-192 mm on the 6 mm grid: the lesions are 16-60 mm) where LUNA16's
+  6-40 voxels at 0.7 mm cover nodules of 4-28 mm.
+- DenseNet121: Project-MONAI/tutorials ``3d_classification/torch/densenet_training_array.py`` (DenseNet121,
+  spatial_dims 3, one input channel). Deviation: one logit per image class with binary cross-entropy, since the
+  image labels here are multi-label (a study may hold a cyst *and* a tumour), where the tutorial has one
+  single-label softmax.
+
+Every baseline is trained (``benchmarks.baseline_training``, with each recipe's optimiser, schedule and
+augmentation) on the same datalist items, working grid and crops as UniMed
+(``unimed_core.data.training_data.load_case`` / ``crop_case``), and evaluated through :class:`BaselinePredictor`,
+which returns UniMed's :class:`Prediction` (labels on the input grid, boxes in world RAS mm), so that
+``unimed_core.evaluation.evaluate`` scores both with the same functions. The input is UniMed's too
+(``unimed_core.data.preprocess.prepare_image``: reoriented, resampled, intensities equalised onto [-1, 1]); the
+recipes' CT windows (``ScaleIntensityRanged``) do not apply to studies that mix CT and MR.
 
 A baseline sees only the annotation it can use: SegResNet the items with a mask, RetinaNet the items with
 boxes, DenseNet121 the items with image labels (:data:`NEEDS`).
 
 Example:
     >>> seg = build_segresnet(LabelMap.default())  # doctest: +SKIP
-    >>> history = train_baseline("segmentation", seg, items, LabelMap.default(), time_budget_s=60)  # doctest: +SKIP
+    >>> loss = baseline_loss("segmentation", seg, cases, LabelMap.default())  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -31,7 +53,7 @@ from monai.transforms import SpatialPad
 from unimed_core.data.boxes import clip_boxes_to_shape, voxel_to_world_boxes
 from unimed_core.data.image_io import Volume
 from unimed_core.data.preprocess import PreparedVolume, prepare_image, restore_labels
-from unimed_core.data.training_data import LoadedCase, crop_case, load_case
+from unimed_core.data.training_data import LoadedCase
 from unimed_core.inference.predictor import Prediction
 from unimed_core.label_map import LabelMap
 
@@ -42,10 +64,9 @@ __all__ = [
     "build_retinanet",
     "build_densenet",
     "BUILDERS",
+    "SEGMENTATION_LOSS",
     "items_for",
     "baseline_loss",
-    "train_baseline",
-    "train_baseline_run",
     "BaselinePredictor",
 ]
 
@@ -54,17 +75,28 @@ TASKS = ("segmentation", "detection", "classification")
 NEEDS = {"segmentation": "label", "detection": "boxes", "classification": "class"}
 
 
-def build_segresnet(label_map: LabelMap) -> SegResNet:
-    """MONAI's SegResNet with one output channel per mask id (background included)."""
-    return SegResNet(spatial_dims=3, in_channels=1, out_channels=label_map.num_mask_classes)
+def build_segresnet(label_map: LabelMap, init_filters: int = 16) -> SegResNet:
+    """MONAI's SegResNet as the BraTS bundle sets it up, one output channel per mask id (background included).
+
+    ``models/brats_mri_segmentation/configs/train.json`` ``network_def``: blocks_down (1, 2, 2, 4), blocks_up
+    (1, 1, 1), init_filters 16, dropout 0.2 (``wholeBody_ct_segmentation`` is the same network at width 32).
+    """
+    return SegResNet(
+        spatial_dims=3, in_channels=1, out_channels=label_map.num_mask_classes, init_filters=init_filters,
+        blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), dropout_prob=0.2,
+    )  # fmt: skip
 
 
 def build_retinanet(label_map: LabelMap) -> RetinaNetDetector:
-    """MONAI's RetinaNet on a ResNet-10 FPN, set up as in MONAI's LUNA16 detection tutorial.
+    """MONAI's RetinaNet on a ResNet-10 FPN, set up as ``lung_nodule_ct_detection``'s ``train.json`` sets it up.
 
+    From the bundle: three anchor shapes per level on three FPN levels (two backbone levels and the FPN's max-pool
+    level), ``set_atss_matcher(num_candidates=4, center_in_gt=False)`` and
+    ``set_hard_negative_sampler(batch_size_per_image=64, positive_fraction=0.3, pool_size=20, min_neg=16)``.
     CPU-sized: ``resnet_fpn_feature_extractor`` fixes the FPN at 256 channels, so the heads run on the stride-8
-    and stride-16 levels (layers 2 and 3; a stride-4 level costs 8x more) of a half-width ResNet-10. Anchors
-    are 2-32 voxels (12-192 mm on the 6 mm grid: lesions are 6-60 mm across); the ATSS matcher and hard-negative sampler are the tutorial's.
+    and stride-16 levels (layers 2 and 3; the bundle's stride-4 level costs 8x more) of a half-width ResNet-10
+    (the bundle: ResNet-50). Anchors are 2-32 voxels (12-192 mm on the 6 mm grid; the lesions are 16-60 mm
+    across), as the bundle's 6-40 voxels span its nodules.
     """
     backbone = resnet.ResNet(
         block=resnet.ResNetBlock, layers=[1, 1, 1, 1], block_inplanes=[32, 64, 128, 256], spatial_dims=3,
@@ -87,9 +119,19 @@ def build_retinanet(label_map: LabelMap) -> RetinaNetDetector:
 
 
 def build_densenet(label_map: LabelMap) -> DenseNet121:
-    """MONAI's DenseNet121 with one logit per image class (multi-label)."""
+    """MONAI's DenseNet121 as the 3D classification tutorial builds it, with one logit per image class.
+
+    Project-MONAI/tutorials ``3d_classification/torch/densenet_training_array.py``: ``DenseNet121(spatial_dims=3,
+    in_channels=1, out_channels=2)`` with a softmax over two exclusive classes; here the image classes are not
+    exclusive, so one logit each (binary cross-entropy in :func:`baseline_loss`).
+    """
     return DenseNet121(spatial_dims=3, in_channels=1, out_channels=len(label_map.image_classes))
 
+
+# research-contributions auto3dseg/algorithm_templates/segresnet/configs/hyper_parameters.yaml, ``loss``: the
+# background channel counts, squared predictions in the Dice denominator, no smoothing of the numerator.
+SEGMENTATION_LOSS = {"include_background": True, "to_onehot_y": True, "softmax": True, "squared_pred": True,
+                     "smooth_nr": 0.0, "smooth_dr": 1e-5}  # fmt: skip
 
 BUILDERS = {"segmentation": build_segresnet, "detection": build_retinanet, "classification": build_densenet}
 
@@ -116,13 +158,14 @@ def _box_targets(cases: Sequence[LoadedCase], label_map: LabelMap) -> list[dict]
 def baseline_loss(task: str, model: torch.nn.Module, cases: Sequence[LoadedCase], label_map: LabelMap) -> torch.Tensor:
     """The task's standard loss on a batch of cropped cases (all with the annotation ``task`` needs).
 
-    Segmentation: Dice + cross-entropy (MONAI's ``DiceCELoss``); detection: RetinaNet's own classification +
-    box-regression losses; classification: binary cross-entropy per image class.
+    Segmentation: MONAI's ``DiceCELoss`` with Auto3DSeg SegResNet's settings (:data:`SEGMENTATION_LOSS`);
+    detection: RetinaNet's own classification + box-regression losses, weighted 1 : 1 as the detection bundle's
+    trainer does; classification: binary cross-entropy per image class.
     """
     images = torch.stack([c.image for c in cases])
     if task == "segmentation":
         semantic = torch.stack([c.semantic for c in cases])[:, None]
-        return DiceCELoss(to_onehot_y=True, softmax=True)(model(images), semantic)
+        return DiceCELoss(**SEGMENTATION_LOSS)(model(images), semantic)
     if task == "detection":
         losses = model(images, _box_targets(cases, label_map))
         return losses[model.cls_key] + losses[model.box_reg_key]
@@ -131,81 +174,6 @@ def baseline_loss(task: str, model: torch.nn.Module, cases: Sequence[LoadedCase]
         truth = torch.tensor([[float(k in c.image_classes) for k in wanted] for c in cases])
         return torch.nn.functional.binary_cross_entropy_with_logits(model(images), truth)
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-
-
-def train_baseline(
-    task: str,
-    model: torch.nn.Module,
-    items: Sequence[dict],
-    label_map: LabelMap,
-    *,
-    patch_size: Sequence[int] = (64, 64, 64),
-    spacing: Sequence[float] = (6.0, 6.0, 6.0),
-    batch_size: int = 2,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    max_steps: int = 1000,
-    time_budget_s: float | None = None,
-    time_budget_clock: str = "process",
-    seed: int = 0,
-    log_every: int = 50,
-) -> list[dict]:
-    """Train a baseline in place with AdamW, like ``unimed_core.training.fit.fit`` (budget, clock, crops).
-
-    Only ``items_for(task, items)`` are used. Returns the logged history (step, seconds, loss).
-    """
-    if time_budget_clock not in ("wall", "process"):
-        raise ValueError(f"time_budget_clock must be 'wall' or 'process', got {time_budget_clock!r}")
-    usable = items_for(task, items)
-    if not usable:
-        raise ValueError(f"no training item carries {NEEDS[task]!r}: nothing for the {task} baseline to learn")
-    clock = time.process_time if time_budget_clock == "process" else time.monotonic
-    torch.manual_seed(seed)
-    cache: dict[int, LoadedCase] = {}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    model.train()
-    history: list[dict] = []
-    start_clock, start_wall, step, epoch = clock(), time.monotonic(), 0, 0
-    while step < max_steps and not (time_budget_s and clock() - start_clock > time_budget_s):
-        order = np.random.default_rng([seed, epoch]).permutation(len(usable))
-        for first in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
-            cases = []
-            for index in order[first : first + batch_size]:
-                if index not in cache:
-                    cache[index] = load_case(usable[index], label_map, spacing)
-                cases.append(crop_case(cache[index], patch_size, np.random.default_rng([seed, epoch, index])))
-            if task == "classification":  # a crop that cut the volume leaves image labels unknown
-                cases = [c for c in cases if c.image_classes is not None]
-                if not cases:
-                    continue
-            loss = baseline_loss(task, model, cases, label_map)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step % log_every == 0 or step == 1:
-                history.append(
-                    {"step": step, "seconds": round(time.monotonic() - start_wall, 1), "loss": float(loss.detach())}
-                )
-            if step >= max_steps or (time_budget_s and clock() - start_clock > time_budget_s):
-                break
-        epoch += 1
-    if not history or history[-1]["step"] != step:
-        history.append({"step": step, "seconds": round(time.monotonic() - start_wall, 1), "loss": float(loss.detach())})
-    return history
-
-
-def train_baseline_run(
-    task: str, model: torch.nn.Module, items: Sequence[dict], label_map: LabelMap, **kwargs
-) -> tuple[list[dict], dict]:
-    """:func:`train_baseline` with the run's record for a results file: (history, {steps, cpu_s, wall_s, items,
-    final_loss})."""
-    cpu, wall = time.process_time(), time.monotonic()
-    history = train_baseline(task, model, items, label_map, **kwargs)
-    run = {"steps": history[-1]["step"], "cpu_s": round(time.process_time() - cpu, 1),
-           "wall_s": round(time.monotonic() - wall, 1), "items": len(items_for(task, items)),
-           "final_loss": history[-1]["loss"]}  # fmt: skip
-    return history, run
 
 
 class BaselinePredictor:

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 from monai.bundle import ConfigWorkflow
-from unimed_core.data.synthetic_dataset import generate_dataset
 
 from benchmarks.speed import make_volume
 from unimed_core.data.atomic import atomic_write_json
@@ -32,6 +31,7 @@ from unimed_core.data.datalist import load_datalist
 from unimed_core.engine import summarise_steps
 from unimed_core.model.weights import save_weights
 from unimed_core.paths import BUNDLE_DIR
+from unimed_core.synthetic.dataset import generate_dataset
 
 __all__ = ["run", "main"]
 

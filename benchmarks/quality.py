@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.baselines import BUILDERS, TASKS, BaselinePredictor, train_baseline_run
+from benchmarks.baseline_training import steps_for_budget, train_baseline_run
+from benchmarks.baselines import BUILDERS, TASKS, BaselinePredictor
 from benchmarks.common import MODES, RESULTS, Mode, evaluate_unimed, json_safe, load_items, train_unimed
 from benchmarks.learning import PATCH, SPACING
 from unimed_core.data.atomic import atomic_write_json
@@ -44,7 +45,8 @@ def run_quality(mode: Mode, label_map: LabelMap, weights_dir: Path | None = None
         net = BUILDERS[task](label_map)
         _, runs[task] = train_baseline_run(
             task, net, items["training"], label_map, patch_size=PATCH, spacing=SPACING,
-            max_steps=100_000, time_budget_s=mode.budget_s, time_budget_clock="process",
+            max_steps=100_000, schedule_steps=steps_for_budget(task, mode.budget_s), time_budget_s=mode.budget_s,
+            time_budget_clock="process",
         )  # fmt: skip
         baselines[task] = net
     combined = BaselinePredictor(

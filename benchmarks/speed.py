@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.baselines import BUILDERS, TASKS, BaselinePredictor, train_baseline
+from benchmarks.baseline_training import train_baseline
+from benchmarks.baselines import BUILDERS, TASKS, BaselinePredictor
 from benchmarks.common import MODES, RESULTS, Mode, load_items
 from benchmarks.learning import PATCH, SPACING
 from unimed_core.data.atomic import atomic_write_json

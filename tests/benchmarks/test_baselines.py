@@ -22,12 +22,7 @@ from unimed_core.label_map import LabelMap
 LABEL_MAP = LabelMap.default()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _case(size: int = 32) -> LoadedCase:

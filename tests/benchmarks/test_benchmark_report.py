@@ -17,13 +17,13 @@ def test_report_has_the_table_rows_and_a_verdict_from_the_numbers(tmp_path):
     summary_u = {"dice/all_mean": 0.61, "mAP@0.10": 0.2, "AUC": 0.4, "hd95/liver": 12.5, "click_dice/mean": 0.3}
     summary_b = {"dice/all_mean": 0.55, "mAP@0.10": 0.35, "AUC": 0.7, "hd95/liver": 20.0}
     _write(results, "quality", {
-        "mode": "quick", "budget_cpu_s": 60.0, "threads": 2, "test_cases": 16, "training_items": 40,
+        "mode": "full", "budget_cpu_s": 60.0, "threads": 2, "test_cases": 16, "training_items": 40,
         "unlabeled_items": 8, "unimed": {"run": {"steps": 50}, "summary": summary_u},
         "baselines": {"runs": {"segmentation": {"steps": 20, "items": 16}}, "summary": summary_b},
         "headline": {"segmentation": {"metric": "dice/all_mean", "unimed": 0.61, "baseline": 0.55},
                      "detection": {"metric": "mAP@0.10", "unimed": 0.2, "baseline": 0.35}},
     })  # fmt: skip
-    _write(results, "claims", {"mode": "quick", "budget_cpu_s": 60.0, "rows": [
+    _write(results, "claims", {"mode": "full", "budget_cpu_s": 60.0, "rows": [
         {"claim": "unlabeled data helps", "metric": "AUC", "a": "with MVM", "a_value": 0.6, "b": "without",
          "b_value": 0.5, "difference": 0.1, "ratio": 1.2, "note": "10 labeled"}]})  # fmt: skip
     _write(results, "speed", {
@@ -51,9 +51,26 @@ def test_report_has_the_table_rows_and_a_verdict_from_the_numbers(tmp_path):
     assert "| 64x64x64 | 3.000 | 1.290 |" in text
     assert "Speed-up 2 vs 1 process: 1.65x" in text
     wins, losses = text.split("UniMed wins:")[1].split("UniMed loses")
-    assert "segmentation (dice/all_mean, quick mode): UniMed 0.610 vs baseline 0.550 (+0.060)" in wins
-    assert "detection (mAP@0.10, quick mode)" in losses and "detection" not in wins
+    assert "segmentation (dice/all_mean, full mode): UniMed 0.610 vs baseline 0.550 (+0.060)" in wins
+    assert "detection (mAP@0.10, full mode)" in losses and "detection" not in wins
     assert "unlabeled data helps" in wins and "latency at 64x64x64: baselines take 3.00x" in wins
+
+
+def test_quick_mode_is_shown_as_a_smoke_run_and_left_out_of_the_verdict():
+    from benchmarks.report import _quality, verdict
+
+    quality = {"mode": "quick", "budget_cpu_s": 45.0, "threads": 2, "test_cases": 16, "training_items": 32,
+               "unlabeled_items": 8, "unimed": {"run": {"steps": 24}, "summary": {"dice/all_mean": 0.0}},
+               "baselines": {"runs": {}, "summary": {"dice/all_mean": 0.06}},
+               "headline": {"segmentation": {"metric": "dice/all_mean", "unimed": 0.0, "baseline": 0.06}}}  # fmt: skip
+    claims = {"mode": "quick", "rows": [{"claim": "tasks help each other", "metric": "AUC", "a": "joint",
+              "a_value": 0.7, "b": "alone", "b_value": 0.4, "difference": 0.3}]}  # fmt: skip
+    assert _quality(quality)[0] == "## Smoke run (quick mode): UniMed and MONAI's single-task models"
+    text = "\n".join(verdict(quality, claims, None))
+    assert "segmentation" not in text and "tasks help each other" not in text
+    assert (
+        "Not judged (a smoke run of the machinery, not a comparison): quality (quick mode), claims (quick mode)" in text
+    )
 
 
 def test_report_without_results_still_writes_a_page(tmp_path):

@@ -98,7 +98,7 @@ def test_verify_net_in_out(weights):
 
 def test_warnings_on_an_unfamiliar_scan_reach_the_bundles_summary(weights, tmp_path, capsys):
     """A 100 mm slab of the sample is not the field of view the weights were trained on: results and a warning."""
-    from unimed_core.data.reproducible_nifti import save_nifti_reproducible
+    from unimed_core.synthetic.reproducible_nifti import save_nifti_reproducible
 
     sample = read_image(BUNDLE / "sample" / f"{SAMPLE_NAME}.nii.gz")
     k = sample.shape[2] // 2

@@ -123,7 +123,7 @@ def test_warning_on_an_unfamiliar_scan_reaches_summary_and_stderr(tmp_path, imag
 
 
 def test_a_generated_abdomen_gets_no_warning(tmp_path, weights, capsys):
-    from unimed_core.data.synthetic import SyntheticConfig, generate_case
+    from unimed_core.synthetic.case import SyntheticConfig, generate_case
 
     case = generate_case(5, SyntheticConfig(shape=(48, 48, 40), spacing=(8.0, 8.0, 9.0)))
     path = save_nifti_reproducible(case.image, case.affine, tmp_path / "in" / "abdomen.nii.gz")

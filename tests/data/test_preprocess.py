@@ -230,9 +230,8 @@ def test_grids_at_an_angle_take_the_resampler():
 def test_separable_trilinear_restore_equals_the_resampler(code, padding):
     """Trilinear restoring between parallel grids (three 1-D interpolations per slab) gives what MONAI's
     SpatialResample gives, with either padding, in slabs or not."""
-    from unimed_core.data.synthetic import orientation_affine
-
     from unimed_core.data.preprocess import _axis_aligned_linear_slabs, restore_slabs
+    from unimed_core.synthetic.case import orientation_affine
 
     shape = (30, 26, 21)
     volume = Volume(_ramp(shape), orientation_affine(code, (1.5, 1.3, 2.5), shape))

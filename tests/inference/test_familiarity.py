@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-from unimed_core.data.synthetic import SyntheticConfig, generate_case
 
 from unimed_core.data.image_io import Volume
 from unimed_core.inference.familiarity import (
@@ -22,6 +21,7 @@ from unimed_core.inference.familiarity import (
     warning_lines,
 )
 from unimed_core.paths import BUNDLE_DIR
+from unimed_core.synthetic.case import SyntheticConfig, generate_case
 
 # the generated field of view (384 x 384 x 360 mm) on a coarse grid, CT and MR
 CONFIG = {"shape": (48, 48, 40), "spacing": (8.0, 8.0, 9.0)}

@@ -13,7 +13,6 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 from scipy import ndimage
-from unimed_core.data.synthetic import SyntheticConfig, generate_case
 
 from unimed_core.data.image_io import Volume
 from unimed_core.data.preprocess import prepare_image, resample_label_to, restore_labels, restore_to_source
@@ -23,6 +22,7 @@ from unimed_core.metrics import dice_per_class
 from unimed_core.model.factory import unimed_small
 from unimed_core.model.weights import load_weights
 from unimed_core.paths import REPO_ROOT
+from unimed_core.synthetic.case import SyntheticConfig, generate_case
 
 LM = LabelMap.default()
 ORGANS = (1, 2, 3, 4)  # liver, spleen, kidneys
