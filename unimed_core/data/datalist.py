@@ -53,6 +53,8 @@ def label_map_to_dict(label_map: LabelMap) -> dict[str, Any]:
     }
     if label_map.colors:
         out["colors"] = {k: list(v) for k, v in label_map.colors.items()}
+    if label_map.terminology:  # the coded segments (SNOMED CT) travel with the classes they code
+        out["terminology"] = {k: {f: list(c) for f, c in v.items()} for k, v in label_map.terminology.items()}
     return out
 
 
@@ -63,7 +65,13 @@ def label_map_from_dict(data: Mapping[str, Any]) -> LabelMap:
     try:
         mask = {int(k): str(v) for k, v in data["mask_classes"].items()}
         colors = {str(k): tuple(int(c) for c in v) for k, v in data.get("colors", {}).items()}
-        return LabelMap(mask, tuple(data.get("box_classes", ())), tuple(data.get("image_classes", ())), colors)
+        terminology = {
+            str(k): {str(f): [str(x) for x in c] for f, c in v.items()}
+            for k, v in data.get("terminology", {}).items()
+        }
+        return LabelMap(
+            mask, tuple(data.get("box_classes", ())), tuple(data.get("image_classes", ())), colors, terminology
+        )
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"malformed label_map entry {dict(data)!r}: {e}") from e
 
