@@ -18,6 +18,7 @@ from monailabel_helpers import NOISE, STUDIES, app_module
 
 from unimed_core.cli.infer import build_predictor
 from unimed_core.data.image_io import read_image
+from unimed_core.evaluation import interior_point
 from unimed_core.label_map import LabelMap
 from unimed_core.paths import DEFAULT_WEIGHTS
 
@@ -93,8 +94,10 @@ def test_classification_gives_probabilities_only(server):
 
 def test_interactive_clicks_in_voxels_and_in_ras_agree(server):
     truth = nib.load(server.truth / "case_b_label.nii.gz")
-    liver = np.argwhere(np.asarray(truth.dataobj) == LABEL_MAP.mask_classes_by_name()["liver"])
-    voxel = liver[len(liver) // 2].tolist()
+    # where a user would click (and where the evaluation clicks): the liver's most interior voxel. A click near the
+    # liver's edge (the middle voxel of its list, (29, 28, 39) in case_b) gets an empty mask from the 2026-12-03
+    # weights: the shipped model's click Dice is 0.78, not 1, and its failures are clicks far from the centre.
+    voxel = [int(v) for v in interior_point(np.asarray(truth.dataobj) == LABEL_MAP.mask_classes_by_name()["liver"])]
     world = (truth.affine @ np.append(voxel, 1.0))[:3].tolist()
     client = server.client()
     by_voxel, params = client.infer("unimed_interactive", "case_b", {"foreground": [voxel], "background": []})
