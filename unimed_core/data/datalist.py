@@ -66,8 +66,7 @@ def label_map_from_dict(data: Mapping[str, Any]) -> LabelMap:
         mask = {int(k): str(v) for k, v in data["mask_classes"].items()}
         colors = {str(k): tuple(int(c) for c in v) for k, v in data.get("colors", {}).items()}
         terminology = {
-            str(k): {str(f): [str(x) for x in c] for f, c in v.items()}
-            for k, v in data.get("terminology", {}).items()
+            str(k): {str(f): [str(x) for x in c] for f, c in v.items()} for k, v in data.get("terminology", {}).items()
         }
         return LabelMap(
             mask, tuple(data.get("box_classes", ())), tuple(data.get("image_classes", ())), colors, terminology
