@@ -16,13 +16,21 @@ One command regenerates ``bundle/configs/familiarity.json`` (what the predictor 
   dark and fat bright; cubed, a histogram squeezed towards the bottom).
 
 The features do not depend on the weights, so a retrained model keeps these limits as long as its training data
-are generated the same way.
+are generated the same way. With ``--weights``, the model's own uncertainty (the normalised entropies that MONAI
+Label's active learning uses, ``monailabel_app/lib/uncertainty.py``, one extra pass per volume) is calibrated and
+measured the same way; its limit is recorded with the weights' sha256 and applies to those weights only::
+
+    python -m benchmarks.familiarity_calibration --datalist data/learning-cpu/datalist.json \
+        --weights bundle/models/model.pt
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,7 +38,7 @@ import numpy as np
 
 from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.image_io import Volume, read_image
-from unimed_core.inference.familiarity import FamiliarityReference, familiarity_warnings, volume_features
+from unimed_core.inference.familiarity import SIGNALS, FamiliarityReference, familiarity_warnings, volume_features
 from unimed_core.paths import BUNDLE_DIR
 
 __all__ = ["main", "unfamiliar_volumes", "VARIANTS"]
@@ -92,6 +100,20 @@ def unfamiliar_volumes(test_images: list[Path]) -> Iterator[tuple[str, str, Volu
             yield kind, path.name, change(volume)
 
 
+def _uncertainty(weights: Path) -> Callable[[Volume], float]:
+    """The combined uncertainty of a volume under ``weights`` (the MONAI Label app's own function, loaded by path:
+    the app is not a package)."""
+    from unimed_core.cli.infer import build_predictor
+    from unimed_core.paths import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("_app_uncertainty", REPO_ROOT / "monailabel_app/lib/uncertainty.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    predictor = build_predictor(weights, device="cpu")
+    return lambda volume: round(module.volume_uncertainty(predictor, volume).combined, 4)
+
+
 def _images(datalist: Path, sections: tuple[str, ...]) -> list[Path]:
     doc = json.loads(datalist.read_text(encoding="utf-8"))
     return [(datalist.parent / item["image"]).resolve() for s in sections for item in doc.get(s, [])]
@@ -104,6 +126,7 @@ def main(argv=None) -> int:
     parser.add_argument("--floor", type=float, default=3.0, help="smallest limit, in spreads")
     parser.add_argument("--statistics", type=Path, default=STATISTICS, help="statistics file to write")
     parser.add_argument("--results", type=Path, default=RESULTS, help="rates file to write")
+    parser.add_argument("--weights", type=Path, help="also calibrate the model's uncertainty for these weights")
     args = parser.parse_args(argv)
     training = _images(args.datalist, ("training", "unlabeled"))
     validation = _images(args.datalist, ("validation",))
@@ -114,27 +137,48 @@ def main(argv=None) -> int:
     reference = FamiliarityReference(features, source=str(args.datalist))
     held = [reference.scores(volume_features(read_image(p))) for p in validation]
     limits = {s: round(max(args.floor, args.margin * max(h[s] for h in held)), 3) for s in ("region", "intensity")}
-    reference = FamiliarityReference(features, limits, source=str(args.datalist))
+    uncertainty, sha256 = None, None
+    if args.weights is not None:
+        uncertainty = _uncertainty(args.weights)
+        limits["uncertainty"] = round(args.margin * max(uncertainty(read_image(p)) for p in validation), 4)
+        sha256 = hashlib.sha256(args.weights.read_bytes()).hexdigest()
+    reference = FamiliarityReference(features, limits, source=str(args.datalist), weights_sha256=sha256)
     reference.save(args.statistics)
 
     def row(kind: str, name: str, volume: Volume) -> dict:
-        warnings = familiarity_warnings(volume, reference)
+        warned = [w["signal"] for w in familiarity_warnings(volume, reference)]
         scores = reference.scores(volume_features(volume))
-        return {"kind": kind, "name": name, "scores": scores, "warned": [w["signal"] for w in warnings]}
+        if uncertainty is not None:
+            scores["uncertainty"] = uncertainty(volume)
+            warned += ["uncertainty"] if scores["uncertainty"] > limits["uncertainty"] else []
+        return {"kind": kind, "name": name, "scores": scores, "warned": warned}
+
+    def rate(rows: list[dict], signals: tuple[str, ...] | None = None, missed: bool = False) -> float:
+        hits = [any(s in r["warned"] for s in (signals or SIGNALS)) for r in rows]
+        return sum(not h if missed else h for h in hits) / len(rows)
 
     familiar = [row("held_out_generated", p.name, read_image(p)) for p in test]
     unfamiliar = [row(*item) for item in unfamiliar_volumes(test)]
     kinds = sorted({r["kind"] for r in unfamiliar})
     result = {
-        "command": "python -m benchmarks.familiarity_calibration --datalist " + str(args.datalist),
+        "command": " ".join(
+            ["python -m benchmarks.familiarity_calibration", *map(str, sys.argv[1:] if argv is None else argv)]
+        ),
         "training_scans": len(training),
         "validation_scans": len(validation),
         "limits": limits,
-        "false_warning_rate": sum(bool(r["warned"]) for r in familiar) / len(familiar),
+        "weights_sha256": sha256,
+        "false_warning_rate": rate(familiar),
         "familiar_scans": len(familiar),
-        "missed_warning_rate": {
-            k: sum(not r["warned"] for r in unfamiliar if r["kind"] == k) / sum(r["kind"] == k for r in unfamiliar)
-            for k in kinds
+        "missed_warning_rate": {k: rate([r for r in unfamiliar if r["kind"] == k], missed=True) for k in kinds},
+        "per_signal": {
+            s: {
+                "false_warning_rate": rate(familiar, (s,)),
+                "missed_warning_rate": {
+                    k: rate([r for r in unfamiliar if r["kind"] == k], (s,), missed=True) for k in kinds
+                },
+            }
+            for s in limits
         },
         "unfamiliar_scans": {k: sum(r["kind"] == k for r in unfamiliar) for k in kinds},
         "rows": familiar + unfamiliar,

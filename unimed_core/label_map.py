@@ -53,7 +53,8 @@ class LabelMap:
     box_classes: tuple[str, ...] = ()
     image_classes: tuple[str, ...] = ()
     colors: dict[str, tuple[int, int, int]] = field(default_factory=dict)
-    terminology: dict[str, dict[str, tuple[str, str, str]]] = field(default_factory=dict)
+    # codes describe classes, they do not make another label map: a datalist's own label map (no codes) equals the bundle's
+    terminology: dict[str, dict[str, tuple[str, str, str]]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         ids = sorted(self.mask_classes)

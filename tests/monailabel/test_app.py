@@ -16,9 +16,10 @@ import pytest
 import requests
 from monailabel_helpers import NOISE, STUDIES, app_module
 
-from unimed_core.cli.infer import build_predictor
+from unimed_core.cli.infer import FAMILIARITY, build_predictor
 from unimed_core.data.image_io import read_image
 from unimed_core.evaluation import interior_point
+from unimed_core.inference.familiarity import FamiliarityReference
 from unimed_core.label_map import LabelMap
 from unimed_core.paths import DEFAULT_WEIGHTS
 
@@ -147,12 +148,19 @@ def test_results_warn_about_a_scan_unlike_the_training_data(server):
     client = server.client()
     _, params = client.infer("unimed", NOISE, {})
     signals = {w["signal"] for w in _params(params)["warnings"]}
-    assert signals and signals <= {"region", "intensity"}
+    assert signals & {"region", "intensity"} and signals <= {"region", "intensity", "uncertainty"}
     assert all(w["message"] for w in _params(params)["warnings"])
     _, params = client.infer("unimed_classification", NOISE, {})
     assert _params(params)["warnings"] and "probabilities" in _params(params)
     _, params = client.infer("unimed", "case_a", {})
     assert _params(params)["warnings"] == []
+    # the model's own uncertainty is checked when the statistics were calibrated for the weights being served
+    reference = FamiliarityReference.load(FAMILIARITY)
+    served = server.weights.with_name(server.weights.name + ".sha256").read_text().split()[0]
+    if "uncertainty" in reference.limits and reference.weights_sha256 == served:
+        assert set(_params(params)["uncertainty"]) == {"mask", "boxes", "image", "combined"}
+    else:
+        assert "uncertainty" not in _params(params)
 
 
 def _save_labels(server, root: Path) -> None:

@@ -40,6 +40,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from unimed_core.data.boxes import voxel_to_world_boxes, voxel_to_world_points
 from unimed_core.data.image_io import Volume, read_image, write_label
+from unimed_core.inference.familiarity import uncertainty_warning
 from unimed_core.inference.predictor import COORDINATES
 from unimed_core.inference.writers import markups_roi_document
 from unimed_core.model.weights import WeightsError
@@ -150,6 +151,8 @@ class _UniMedInfer(InferTask):
             result_file, result = self.run(predictor, volume, request)
             if "warnings" not in result:  # automatic results bring their own, from the same checks
                 result["warnings"] = predictor.familiarity_warnings(volume)
+            if result.get("mode") == "automatic":
+                result["warnings"] += self._uncertainty_warnings(predictor, volume, result)
         except WeightsError:
             raise  # the server's fault, not the request's: stays a 500 with the weights' path
         except ValueError as e:  # bad input (unreadable, 2-D, too large, constant, clicks outside): say why
@@ -168,6 +171,19 @@ class _UniMedInfer(InferTask):
 
     def run(self, predictor, volume: Volume, request: dict) -> tuple[str | None, dict[str, Any]]:
         raise NotImplementedError
+
+    def _uncertainty_warnings(self, predictor, volume: Volume, result: dict) -> list[dict]:
+        """The model's own uncertainty (one more pass; also put in ``result["uncertainty"]``), only when the
+        statistics hold a limit calibrated for the weights being served (``familiarity_calibration.py --weights``)."""
+        reference = predictor.familiarity
+        if reference is None or "uncertainty" not in reference.limits:
+            return []
+        if reference.weights_sha256 != self.service.loaded_hash():
+            return []
+        from ..uncertainty import volume_uncertainty
+
+        result["uncertainty"] = volume_uncertainty(predictor, volume).as_dict()
+        return uncertainty_warning(result["uncertainty"], reference)
 
 
 class UniMedSegmentation(_UniMedInfer):
