@@ -38,9 +38,9 @@ import torch
 
 from benchmarks.baseline_training import RECIPES, train_baseline
 from benchmarks.baselines import BUILDERS, BaselinePredictor
-from benchmarks.learning import LESION_RADIUS_MM, PATCH, SPACING, json_safe, make_data
+from benchmarks.learning import LESION_RADIUS_MM, PATCH, SPACING, json_safe
+from benchmarks.learning_curve import benchmark_items, check_or_write_config
 from unimed_core.data.atomic import atomic_write_json, atomic_write_text
-from unimed_core.data.datalist import load_datalist
 from unimed_core.evaluation import evaluate
 from unimed_core.label_map import LabelMap
 from unimed_core.model.weights import load_weights
@@ -67,30 +67,17 @@ SCORE_THRESHOLD = 0.05
 RESULTS = Path("benchmarks/results")
 
 
-def _items(data: Path, seed: int):
-    label_map = LabelMap.default()
-    return label_map, load_datalist(make_data(data, 144, seed), label_map)
-
-
 def train(args) -> int:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     task = MODELS[args.model][0]
-    label_map, items = _items(args.data, args.data_seed)
+    label_map, items = benchmark_items(args.data, args.data_seed)
     config = {"model": args.model, "task": task, "seed": args.seed, "total_steps": args.total_steps,
               "snapshot_steps": list(args.snapshot_steps), "recipe": RECIPES[task].source,
               "lr": args.lr or RECIPES[task].lr, "batch_size": 2, "spacing": SPACING, "patch": PATCH,
               "data": str(args.data), "data_seed": args.data_seed, "lesion_radius_mm": LESION_RADIUS_MM,
               "threads": torch.get_num_threads(), "machine": platform.platform()}  # fmt: skip
-    config_path = run / "config.json"
-    if config_path.exists():
-        before = json.loads(config_path.read_text())
-        changed = {k: (before.get(k), v) for k, v in config.items() if k not in ("threads", "machine")
-                   and json.loads(json.dumps(before.get(k))) != json.loads(json.dumps(v))}  # fmt: skip
-        if changed:
-            raise SystemExit(f"{run}: this run was started with other settings, not resuming: {changed}")
-    else:
-        atomic_write_json(config_path, config)
+    check_or_write_config(run, config)
     torch.manual_seed(args.seed)
     model = BUILDERS[task](label_map)
     start = time.monotonic()
@@ -122,7 +109,7 @@ def evaluate_weights(model_name: str, weights: Path, items: list[dict], label_ma
 def evaluate_run(args) -> int:
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
-    label_map, items = _items(Path(config["data"]), config["data_seed"])
+    label_map, items = benchmark_items(Path(config["data"]), config["data_seed"])
     snapshots = sorted(run.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else []
     name, key = HEADLINE[config["task"]]

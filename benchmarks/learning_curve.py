@@ -54,20 +54,14 @@ HEADLINE = {
 RESULTS = Path("benchmarks/results")
 
 
-def _items(data: Path, seed: int):
+def benchmark_items(data: Path, seed: int):
     label_map = LabelMap.default()
     return label_map, load_datalist(make_data(data, 144, seed), label_map)
 
 
-def train(args) -> int:
-    run = Path(args.run)
-    run.mkdir(parents=True, exist_ok=True)
-    label_map, items = _items(args.data, args.data_seed)
-    model = _model(label_map, not args.coarse_class_masks)
-    config = {"seed": args.seed, "fine_class_masks": not args.coarse_class_masks, "total_steps": args.total_steps, "snapshot_steps": list(args.snapshot_steps),
-              "lr": args.lr, "batch_size": 2, "spacing": SPACING, "patch": PATCH, "data": str(args.data),
-              "data_seed": args.data_seed, "lesion_radius_mm": LESION_RADIUS_MM,
-              "threads": torch.get_num_threads(), "machine": platform.platform()}  # fmt: skip
+def check_or_write_config(run: Path, config: dict) -> None:
+    """Write a new run's settings to ``run/config.json``; a resumed run must have the same ones (the machine and
+    thread count may differ), else it stops rather than continue another run's checkpoint."""
     config_path = run / "config.json"
     if config_path.exists():
         before = json.loads(config_path.read_text())
@@ -77,6 +71,18 @@ def train(args) -> int:
             raise SystemExit(f"{run}: this run was started with other settings, not resuming: {changed}")
     else:
         atomic_write_json(config_path, config)
+
+
+def train(args) -> int:
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    label_map, items = benchmark_items(args.data, args.data_seed)
+    model = _model(label_map, not args.coarse_class_masks)
+    config = {"seed": args.seed, "fine_class_masks": not args.coarse_class_masks, "total_steps": args.total_steps, "snapshot_steps": list(args.snapshot_steps),
+              "lr": args.lr, "batch_size": 2, "spacing": SPACING, "patch": PATCH, "data": str(args.data),
+              "data_seed": args.data_seed, "lesion_radius_mm": LESION_RADIUS_MM,
+              "threads": torch.get_num_threads(), "machine": platform.platform()}  # fmt: skip
+    check_or_write_config(run, config)
     start = time.monotonic()
     history = fit(
         model, items["training"] + items["unlabeled"], label_map, patch_size=PATCH, spacing=SPACING, batch_size=2,
@@ -118,7 +124,7 @@ def evaluate_weights(weights: Path, items: list[dict], label_map: LabelMap, fine
 def evaluate_run(args) -> int:
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
-    label_map, items = _items(Path(config["data"]), config["data_seed"])
+    label_map, items = benchmark_items(Path(config["data"]), config["data_seed"])
     snapshots = sorted(run.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else []
     for path in snapshots:
