@@ -39,7 +39,7 @@ from unimed_core.evaluation import evaluate
 from unimed_core.inference.predictor import UniMedPredictor
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_small
-from unimed_core.model.weights import load_weights, save_weights
+from unimed_core.model.weights import load_weights, save_weights, sha256_of
 from unimed_core.training.fit import fit
 
 DEFAULT_SNAPSHOTS = (300, 600, 1200, 2400, 4800, 9600)
@@ -82,13 +82,16 @@ def train(args) -> int:
               "lr": args.lr, "batch_size": 2, "spacing": SPACING, "patch": PATCH, "data": str(args.data),
               "data_seed": args.data_seed, "lesion_radius_mm": LESION_RADIUS_MM,
               "threads": torch.get_num_threads(), "machine": platform.platform()}  # fmt: skip
+    objective_options = {}
+    if args.class_mask_pos_weight is not None:  # only then in the config, so that earlier runs still resume
+        config["class_mask_pos_weight"] = objective_options["class_mask_pos_weight"] = args.class_mask_pos_weight
     check_or_write_config(run, config)
     start = time.monotonic()
     history = fit(
         model, items["training"] + items["unlabeled"], label_map, patch_size=PATCH, spacing=SPACING, batch_size=2,
         lr=args.lr, max_steps=args.total_steps, seed=args.seed, log_every=25, checkpoint=run / "checkpoint.pt",
         checkpoint_every_s=args.checkpoint_every_min * 60, stop_after_s=args.stop_after_min * 60,
-        snapshot_steps=args.snapshot_steps, snapshot_dir=run,
+        snapshot_steps=args.snapshot_steps, snapshot_dir=run, objective_options=objective_options,
     )  # fmt: skip
     atomic_write_json(run / "history.json", json_safe(history))
     last = history[-1] if history else {}
@@ -124,21 +127,48 @@ def evaluate_weights(weights: Path, items: list[dict], label_map: LabelMap, fine
 def evaluate_run(args) -> int:
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
-    label_map, items = benchmark_items(Path(config["data"]), config["data_seed"])
+    suffix = ""
+    if args.fresh_seed is None:
+        label_map, items = benchmark_items(Path(config["data"]), config["data_seed"])
+    else:  # studies generated from a seed no run trained or was tuned on (the issue's check against over-tuning)
+        if args.fresh_seed == config["data_seed"]:
+            raise SystemExit(f"--fresh-seed {args.fresh_seed} is the seed this run's data came from")
+        label_map, items = benchmark_items(Path(f"{config['data']}-fresh{args.fresh_seed}"), args.fresh_seed)
+        suffix = f"_fresh{args.fresh_seed}"
     snapshots = sorted(run.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else []
+    if args.steps:
+        snapshots = [p for p in snapshots if int(p.stem.split("_")[1]) in args.steps]
+    history = run_history(run)
     for path in snapshots:
-        out = run / f"eval_{path.stem}_{args.split}.json"
+        out = run / f"eval_{path.stem}_{args.split}{suffix}.json"
         if out.exists():
             continue
         step = int(path.stem.split("_")[1])
         start = time.monotonic()
         results = evaluate_weights(path, items[args.split], label_map, config.get("fine_class_masks", True))
-        cpu = next((row.get("cpu_seconds") for row in history if row["step"] >= step), None)
+        cpu = _cpu_seconds_at(history, step)
         atomic_write_json(out, json_safe({"step": step, "cpu_seconds": cpu, "split": args.split, "weights": str(path),
+                                          "data_seed": config["data_seed"] if args.fresh_seed is None else args.fresh_seed,
                                           "eval_seconds": round(time.monotonic() - start, 1), **results}))  # fmt: skip
         print(f"{out}: " + ", ".join(f"{k} {_headline(results, k):.3f}" for k in HEADLINE), flush=True)
     return 0
+
+
+def run_history(run: Path) -> list[dict]:
+    """The run's logged history: ``history.json`` (written when a piece ends) or, when the piece still running has
+    logged further, the history inside its last checkpoint (sha256 checked)."""
+    history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else []
+    checkpoint = run / "checkpoint.pt"
+    sidecar = run / "checkpoint.pt.sha256"
+    if checkpoint.exists() and sidecar.exists() and sidecar.read_text().split()[:1] == [sha256_of(checkpoint)]:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True).get("history") or []
+        if saved and (not history or saved[-1]["step"] > history[-1]["step"]):
+            history = saved
+    return history
+
+
+def _cpu_seconds_at(history: list[dict], step: int) -> float | None:
+    return next((row.get("cpu_seconds") for row in history if row["step"] >= step), None)
 
 
 def _headline(results: dict, name: str) -> float:
@@ -151,8 +181,12 @@ def assemble(args) -> int:
     rows = []
     for run in map(Path, args.runs):
         config = json.loads((run / "config.json").read_text())
+        history = None
         for path in sorted(run.glob(f"eval_step_*_{args.split}.json")):
             ev = json.loads(path.read_text())
+            if ev["cpu_seconds"] is None:  # evaluated while its piece was still running: read the clock now
+                history = run_history(run) if history is None else history
+                ev["cpu_seconds"] = _cpu_seconds_at(history, ev["step"])
             rows.append({"run": run.name, "seed": config["seed"], "step": ev["step"], "cpu_seconds": ev["cpu_seconds"],
                          "total_steps": config["total_steps"],
                          **{k: _headline(ev, k) for k in HEADLINE}})  # fmt: skip
@@ -208,10 +242,23 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=Path("data/learning-cpu"))
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--coarse-class-masks", action="store_true", help="ablation: no FineClassHead")
+    p.add_argument(
+        "--class-mask-pos-weight",
+        type=float,
+        default=None,
+        help="cap of the class masks' BCE foreground weight (default: fit's, 30)",
+    )
     p.set_defaults(func=train)
     p = sub.add_parser("evaluate", help="evaluate the run's snapshots not yet evaluated")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--split", default="test", choices=("test", "validation"))
+    p.add_argument("--steps", type=int, nargs="*", help="only these snapshots (default: all)")
+    p.add_argument(
+        "--fresh-seed",
+        type=int,
+        default=None,
+        help="evaluate on studies generated from this seed instead (DATA-fresh<SEED>, made if missing)",
+    )
     p.set_defaults(func=evaluate_run)
     p = sub.add_parser("assemble", help="gather runs' evaluations into the results file, a table and a plot")
     p.add_argument("runs", nargs="+")

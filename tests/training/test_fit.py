@@ -129,3 +129,14 @@ def test_altered_checkpoint_is_refused(items, tmp_path):
 def test_snapshots_need_a_folder(items):
     with pytest.raises(ValueError, match="snapshot_dir"):
         fit(tiny_model(), items, LM, max_steps=1, snapshot_steps=[1], **FAST)
+
+
+def test_objective_options_reach_the_objective(items):
+    """A different class-mask foreground cap gives a different class-mask loss on the first batch with masks (same
+    seed, same batches)."""
+    runs = [fit(tiny_model(), items, LM, max_steps=4, objective_options=opts, **FAST)
+            for opts in (None, {"class_mask_pos_weight": 512.0})]  # fmt: skip
+    masked = [next(row for row in run if "loss_class_mask_bce" in row) for run in runs]
+    assert masked[0]["loss_class_mask_bce"] != masked[1]["loss_class_mask_bce"]
+    with pytest.raises(ValueError, match="class_mask_pos_weight"):
+        fit(tiny_model(), items, LM, max_steps=1, objective_options={"class_mask_pos_weight": 0.5}, **FAST)

@@ -195,6 +195,7 @@ def fit(
     time_budget_s: float | None = None,
     time_budget_clock: str = "wall",
     weights: Mapping[str, float] | None = None,
+    objective_options: Mapping | None = None,
     device: str | torch.device = "cpu",
     amp: bool = False,
     seed: int = 0,
@@ -217,12 +218,13 @@ def fit(
     stops cleanly at the first epoch end after ``stop_after_s`` wall seconds. ``snapshot_steps``: the weights are
     also saved at these steps as ``snapshot_dir/step_<N>.pt`` (sha256 beside), for a learning curve read from them.
     The history's ``seconds`` and ``cpu_seconds`` count from the run's first step, across resumptions.
+    ``objective_options``: keyword arguments of :func:`build_objective` (``class_mask_pos_weight``, ...).
     """
     if snapshot_steps and snapshot_dir is None:
         raise ValueError("snapshot_steps need a snapshot_dir")
     torch.manual_seed(seed)
     model.to(device)
-    objective = build_objective(model, label_map, weights)
+    objective = build_objective(model, label_map, weights, **dict(objective_options or {}))
     loader = build_train_loader(
         items, model, label_map, patch_size, spacing, batch_size, num_workers, seed, augmentation=augmentation
     )
