@@ -54,9 +54,9 @@ HEADLINE = {
 RESULTS = Path("benchmarks/results")
 
 
-def benchmark_items(data: Path, seed: int):
+def benchmark_items(data: Path, seed: int, cases: int = 144):
     label_map = LabelMap.default()
-    return label_map, load_datalist(make_data(data, 144, seed), label_map)
+    return label_map, load_datalist(make_data(data, cases, seed), label_map)
 
 
 def check_or_write_config(run: Path, config: dict) -> None:
@@ -85,10 +85,19 @@ def train(args) -> int:
     objective_options = {}
     if args.class_mask_pos_weight is not None:  # only then in the config, so that earlier runs still resume
         config["class_mask_pos_weight"] = objective_options["class_mask_pos_weight"] = args.class_mask_pos_weight
+    training = items["training"] + items["unlabeled"]
+    if args.extra_studies:  # more generated studies (their own seed, mixed annotation levels) join the training set
+        extra_seed = 1000 + args.data_seed
+        _, extra = benchmark_items(Path(f"{args.data}-extra{extra_seed}"), extra_seed, args.extra_studies + 24)
+        training += extra["training"] + extra["unlabeled"]
+        config["extra_studies"], config["extra_seed"] = args.extra_studies, extra_seed
+    if args.init_weights is not None:  # a fine-tuning run: these weights, a fresh optimiser and schedule
+        load_weights(model, args.init_weights)
+        config["init_weights"], config["init_sha256"] = str(args.init_weights), sha256_of(args.init_weights)
     check_or_write_config(run, config)
     start = time.monotonic()
     history = fit(
-        model, items["training"] + items["unlabeled"], label_map, patch_size=PATCH, spacing=SPACING, batch_size=2,
+        model, training, label_map, patch_size=PATCH, spacing=SPACING, batch_size=2,
         lr=args.lr, max_steps=args.total_steps, seed=args.seed, log_every=25, checkpoint=run / "checkpoint.pt",
         checkpoint_every_s=args.checkpoint_every_min * 60, stop_after_s=args.stop_after_min * 60,
         snapshot_steps=args.snapshot_steps, snapshot_dir=run, objective_options=objective_options,
@@ -242,6 +251,13 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=Path("data/learning-cpu"))
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--coarse-class-masks", action="store_true", help="ablation: no FineClassHead")
+    p.add_argument(
+        "--extra-studies",
+        type=int,
+        default=0,
+        help="this many more generated studies (seed 1000 + data seed, DATA-extra<SEED>) in training",
+    )
+    p.add_argument("--init-weights", type=Path, default=None, help="start from these weights (fine-tuning)")
     p.add_argument(
         "--class-mask-pos-weight",
         type=float,
