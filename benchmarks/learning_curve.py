@@ -41,6 +41,7 @@ from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_small
 from unimed_core.model.weights import load_weights, save_weights, sha256_of
 from unimed_core.training.fit import fit
+from unimed_core.training.resumable import read_checkpoint
 
 DEFAULT_SNAPSHOTS = (300, 600, 1200, 2400, 4800, 9600)
 # The headline metric of each task, and where it is read from (name of the evaluation, key in its summary).
@@ -144,15 +145,15 @@ def evaluate_run(args) -> int:
             raise SystemExit(f"--fresh-seed {args.fresh_seed} is the seed this run's data came from")
         label_map, items = benchmark_items(Path(f"{config['data']}-fresh{args.fresh_seed}"), args.fresh_seed)
         suffix = f"_fresh{args.fresh_seed}"
-    snapshots = sorted(run.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    snapshots = sorted(run.glob("step_*.pt"), key=_snapshot_step)
     if args.steps:
-        snapshots = [p for p in snapshots if int(p.stem.split("_")[1]) in args.steps]
+        snapshots = [p for p in snapshots if _snapshot_step(p) in args.steps]
     history = run_history(run)
     for path in snapshots:
         out = run / f"eval_{path.stem}_{args.split}{suffix}.json"
         if out.exists():
             continue
-        step = int(path.stem.split("_")[1])
+        step = _snapshot_step(path)
         start = time.monotonic()
         results = evaluate_weights(path, items[args.split], label_map, config.get("fine_class_masks", True))
         cpu = _cpu_seconds_at(history, step)
@@ -163,17 +164,22 @@ def evaluate_run(args) -> int:
     return 0
 
 
+def _snapshot_step(path: Path) -> int:
+    """N of a snapshot file ``step_<N>.pt``."""
+    return int(path.stem.split("_")[1])
+
+
 def run_history(run: Path) -> list[dict]:
     """The run's logged history: ``history.json`` (written when a piece ends) or, when the piece still running has
     logged further, the history inside its last checkpoint (sha256 checked)."""
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else []
-    checkpoint = run / "checkpoint.pt"
-    sidecar = run / "checkpoint.pt.sha256"
-    if checkpoint.exists() and sidecar.exists() and sidecar.read_text().split()[:1] == [sha256_of(checkpoint)]:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True).get("history") or []
-        if saved and (not history or saved[-1]["step"] > history[-1]["step"]):
-            history = saved
-    return history
+    if not (run / "checkpoint.pt").exists():
+        return history
+    try:
+        saved = read_checkpoint(run / "checkpoint.pt").get("history") or []
+    except ValueError:  # being replaced, or altered: history.json is what there is
+        return history
+    return saved if saved and (not history or saved[-1]["step"] > history[-1]["step"]) else history
 
 
 def _cpu_seconds_at(history: list[dict], step: int) -> float | None:

@@ -24,7 +24,21 @@ from ignite.engine import Engine, Events
 from unimed_core.data.atomic import atomic_write, atomic_write_text
 from unimed_core.model.weights import sha256_of
 
-__all__ = ["ResumableCheckpoint"]
+__all__ = ["ResumableCheckpoint", "read_checkpoint"]
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The state in a checkpoint file, after checking it against its sha256 sidecar (``path + ".sha256"``).
+
+    Raises:
+        ValueError: the file does not match its sidecar, or has none (incomplete or altered checkpoint).
+    """
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".sha256")
+    expected = sidecar.read_text(encoding="utf-8").split()[:1] if sidecar.is_file() else []
+    if expected != [sha256_of(path)]:
+        raise ValueError(f"{path}: sha256 does not match {sidecar} (incomplete or altered checkpoint)")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class ResumableCheckpoint:
@@ -87,10 +101,7 @@ class ResumableCheckpoint:
         """Restore every object from the file, after checking its sha256; False when there is no file yet."""
         if not self.exists():
             return False
-        expected = self.sidecar.read_text(encoding="utf-8").split()[:1] if self.sidecar.is_file() else []
-        if expected != [sha256_of(self.path)]:
-            raise ValueError(f"{self.path}: sha256 does not match {self.sidecar} (incomplete or altered checkpoint)")
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(self.path)
         missing = [name for name in [*self.objects, *self.extra] if name not in state]
         if missing:
             raise ValueError(f"{self.path}: checkpoint lacks {missing}")
