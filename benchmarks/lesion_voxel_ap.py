@@ -1,0 +1,83 @@
+"""Voxel-level average precision of the class tokens' masks, per class: less noisy than lesion mAP on few lesions.
+
+Lesion mAP over the test split's 27 lesions jumps between snapshots; the class-token mask logits of every voxel of
+the centred 64³ patch, ranked against the label, say whether the dense path learns a lesion kind at all, on the
+training studies (fit) and on held-out ones (generalisation)::
+
+    python -m benchmarks.lesion_voxel_ap runs/curve_s0/step_4800.pt --split training --split test
+
+Prints one line per split and writes ``--out`` (JSON) when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score
+
+from benchmarks.learning import PATCH, SPACING
+from benchmarks.learning_curve import _model, benchmark_items
+from unimed_core.data.atomic import atomic_write_json
+from unimed_core.data.training_data import crop_case_at, load_case
+from unimed_core.model.weights import load_weights
+
+__all__ = ["voxel_ap"]
+
+
+def voxel_ap(model, items: list[dict], label_map, patch=PATCH, spacing=SPACING) -> dict[str, float | None]:
+    """Class name → AP of its class-token mask logits over every voxel of each item's centred patch (None: the
+    class has no voxel in these items). Items without a label volume are skipped."""
+    truth: dict[int, list[np.ndarray]] = {}
+    scores: dict[int, list[np.ndarray]] = {}
+    model.eval()
+    for item in (i for i in items if i.get("label")):
+        case = load_case(item, label_map, spacing)
+        window = [((s - p) // 2, (s - p) // 2 + p) for s, p in zip(case.image.shape[1:], patch)]
+        crop = crop_case_at(case, patch, window)
+        with torch.no_grad():
+            embeddings, levels = model.encode(crop.image[None])
+            _, class_masks = model.decode_with_class_masks(embeddings, levels, image=crop.image[None])
+        for c in range(len(label_map.class_names)):
+            mask_id = label_map.class_index_to_mask_id(c)
+            if mask_id is None:
+                continue
+            truth.setdefault(c, []).append((crop.semantic == mask_id).flatten().numpy())
+            scores.setdefault(c, []).append(class_masks[0, c].float().flatten().numpy())
+    out = {}
+    for c, parts in truth.items():
+        t = np.concatenate(parts)
+        out[label_map.class_names[c]] = (
+            float(average_precision_score(t, np.concatenate(scores[c]))) if t.any() else None
+        )
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("weights", type=Path)
+    parser.add_argument("--split", action="append", choices=("training", "validation", "test"))
+    parser.add_argument("--data", type=Path, default=Path("data/learning-cpu"))
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=16, help="labelled studies per split")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    label_map, items = benchmark_items(args.data, args.data_seed)
+    model = load_weights(_model(label_map), args.weights)
+    results = {}
+    for split in args.split or ["test"]:
+        labelled = [i for i in items[split] if i.get("label")][: args.limit]
+        results[split] = voxel_ap(model, labelled, label_map)
+        print(f"{split} ({len(labelled)} studies): "
+              + ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in results[split].items()))  # fmt: skip
+    if args.out is not None:
+        atomic_write_json(args.out, {"weights": str(args.weights), "limit": args.limit, **results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

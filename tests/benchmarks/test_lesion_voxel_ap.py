@@ -1,0 +1,25 @@
+"""Voxel AP of the class-token masks: one value per mask class present in the labelled studies, None otherwise."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.lesion_voxel_ap import voxel_ap
+from unimed_core.data.datalist import load_datalist
+from unimed_core.label_map import LabelMap
+from unimed_core.model.factory import unimed_tiny
+from unimed_core.synthetic.dataset import generate_dataset
+
+
+def test_voxel_ap_per_class(tmp_path):
+    lm = LabelMap.default()
+    path = generate_dataset(tmp_path, 3, seed=4, shape=(36, 36, 32), spacing=(10.0, 10.0, 10.0), n_validation=0,
+                            n_test=2)  # fmt: skip
+    items = load_datalist(path, lm)["test"]
+    torch.manual_seed(0)
+    ap = voxel_ap(unimed_tiny(lm), items, lm, patch=(32, 32, 32), spacing=(10.0, 10.0, 10.0))
+    assert set(ap) == {name for name in lm.class_names if lm.class_index_to_mask_id(lm.class_index(name)) is not None}
+    assert ap["liver"] is not None and 0.0 < ap["liver"] <= 1.0  # every study has a liver
+    present = {n for it in items for n in it.get("box_labels", [])}
+    for lesion in ("cyst", "tumor"):
+        assert (ap[lesion] is None) == (lesion not in present)
