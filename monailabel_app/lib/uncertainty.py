@@ -92,6 +92,7 @@ def volume_uncertainty(predictor, volume) -> Uncertainty:
         predictor=run_window,
         overlap=predictor.overlap,
         mode="gaussian",
+        cval=float(prepared.image.min()),  # air, as the predictor and training pad a study smaller than the window
         sw_device=predictor.device,
         device="cpu",
     )[0].clamp(0, 1)

@@ -213,6 +213,9 @@ class UniMedPredictor:
             predictor=run_window,
             overlap=self.overlap,
             mode="gaussian",
+            # A study smaller than the window is padded with air (its lowest value), as training pads a patch
+            # (``crop_case_at``); MONAI's default 0 is mid-grey in the working range and reads as tissue.
+            cval=float(image.min()),
             with_coord=True,
             sw_device=self.device,
             device="cpu",
