@@ -275,3 +275,49 @@ def test_a_study_smaller_than_the_window_is_padded_with_air_as_in_training(model
     inside[8:40, 8:40, 8:40] = True  # the 32³ grid, centred (MONAI pads both sides)
     torch.testing.assert_close(window[~inside], torch.full_like(window[~inside], float(prepared.image.min())))
     torch.testing.assert_close(window[inside].reshape(32, 32, 32), prepared.image[0].float())
+
+
+class _LayeredPromptModel(torch.nn.Module):
+    """Wraps a model; the prompt query's mask is replaced per decoder layer: the last layer's is empty, the
+    deepest earlier one's covers ``region`` (working voxels of the 32³ window), the others are empty too."""
+
+    def __init__(self, model, region):
+        super().__init__()
+        self.model, self.region = model, region
+        self.vocab, self.embedding_stride = model.vocab, model.embedding_stride
+
+    def encode(self, *args, **kwargs):
+        return self.model.encode(*args, **kwargs)
+
+    def forward(self, image, prompts=None):
+        out = self.model(image, prompts=prompts)
+        dec = out.decomposed
+        j = dec.layout.prompt
+        dec.mask_logits[:, j] = -8.0
+        for i, aux in enumerate(dec.aux):
+            aux["mask_logits"][:, j] = -8.0
+            if i == len(dec.aux) - 1:
+                full = torch.full((32, 32, 32), -8.0)
+                full[self.region] = 8.0
+                size = aux["mask_logits"].shape[-3:]
+                aux["mask_logits"][:, j] = torch.nn.functional.interpolate(full[None, None], size=size)[0]
+        return out
+
+
+def test_an_empty_prompt_mask_falls_back_to_the_deepest_layer_that_honours_the_prompt(model, volume):
+    """A positive click must lie in its mask and a box must hold some of it: when the last decoder layer's mask
+    does not, the deepest earlier layer's that does is returned (the trained model's empty liver clicks); when no
+    layer does, the last layer's (empty) mask stands."""
+    region = (slice(8, 24), slice(8, 24), slice(8, 24))
+    predictor = _predictor(_LayeredPromptModel(model, region))
+    prepared = predictor.prepare(volume)
+    inside = voxel_to_world_boxes(np.array([[15.5, 15.5, 15.5, 16.5, 16.5, 16.5]]), prepared.affine)[0]
+    click = (inside[:3] + inside[3:]) / 2  # the centre of working voxel (15.5, 15.5, 15.5): inside the region
+    mask = predictor.segment_clicks(volume, click[None], prepared=prepared)
+    assert mask.sum() > 0
+    outside = voxel_to_world_boxes(np.array([[2.0, 2.0, 2.0, 3.0, 3.0, 3.0]]), prepared.affine)[0]
+    assert predictor.segment_clicks(volume, ((outside[:3] + outside[3:]) / 2)[None], prepared=prepared).sum() == 0
+    box = voxel_to_world_boxes(np.array([[4.0, 4.0, 4.0, 12.0, 12.0, 12.0]]), prepared.affine)[0]
+    assert predictor.segment_box(volume, box, prepared=prepared).sum() > 0
+    far_box = voxel_to_world_boxes(np.array([[0.0, 0.0, 0.0, 5.0, 5.0, 5.0]]), prepared.affine)[0]
+    assert predictor.segment_box(volume, far_box, prepared=prepared).sum() == 0
