@@ -40,7 +40,7 @@ from unimed_core.inference.predictor import UniMedPredictor
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_small
 from unimed_core.model.weights import load_weights, save_weights, sha256_of
-from unimed_core.training.fit import fit
+from unimed_core.training.fit import DEFAULT_LOSS_WEIGHTS, fit
 from unimed_core.training.resumable import read_checkpoint
 
 DEFAULT_SNAPSHOTS = (300, 600, 1200, 2400, 4800, 9600)
@@ -92,6 +92,11 @@ def train(args) -> int:
         _, extra = benchmark_items(Path(f"{args.data}-extra{extra_seed}"), extra_seed, args.extra_studies + 24)
         training += extra["training"] + extra["unlabeled"]
         config["extra_studies"], config["extra_seed"] = args.extra_studies, extra_seed
+    # The prompt queries' class term: off by default (its ablation: curve_s0_promptcls).
+    weights = {**DEFAULT_LOSS_WEIGHTS, "loss_prompt_class": args.prompt_class_weight,
+               "loss_prompt_class_aux": args.prompt_class_weight / 2}  # fmt: skip
+    if args.prompt_class_weight:  # only then in the config, so that the runs from before the term still resume
+        config["prompt_class_weight"] = args.prompt_class_weight
     if args.init_weights is not None:  # a fine-tuning run: these weights, a fresh optimiser and schedule
         load_weights(model, args.init_weights)
         config["init_weights"], config["init_sha256"] = str(args.init_weights), sha256_of(args.init_weights)
@@ -101,7 +106,7 @@ def train(args) -> int:
         model, training, label_map, patch_size=PATCH, spacing=SPACING, batch_size=2,
         lr=args.lr, max_steps=args.total_steps, seed=args.seed, log_every=25, checkpoint=run / "checkpoint.pt",
         checkpoint_every_s=args.checkpoint_every_min * 60, stop_after_s=args.stop_after_min * 60,
-        snapshot_steps=args.snapshot_steps, snapshot_dir=run, objective_options=objective_options,
+        snapshot_steps=args.snapshot_steps, snapshot_dir=run, objective_options=objective_options, weights=weights,
     )  # fmt: skip
     atomic_write_json(run / "history.json", json_safe(history))
     last = history[-1] if history else {}
@@ -269,6 +274,12 @@ def main(argv=None) -> int:
         type=float,
         default=None,
         help="cap of the class masks' BCE foreground weight (default: fit's, 30)",
+    )
+    p.add_argument(
+        "--prompt-class-weight",
+        type=float,
+        default=DEFAULT_LOSS_WEIGHTS["loss_prompt_class"],
+        help="weight of the prompt queries' class term (its earlier layers: half); default fit's, 0 (off)",
     )
     p.set_defaults(func=train)
     p = sub.add_parser("evaluate", help="evaluate the run's snapshots not yet evaluated")

@@ -120,8 +120,8 @@ def test_mixed_batch_gives_exactly_the_allowed_terms_in_one_forward():
     with torch.no_grad():
         num_aux = len(model.model(images).decomposed.aux)
     assert num_aux >= 1
-    # the latent queries' set terms and the prompt queries' mask terms are deeply supervised
-    prompt_terms = {"loss_prompt_mask_bce", "loss_prompt_mask_dice"}
+    # the latent queries' set terms and the prompt queries' mask and class terms are deeply supervised
+    prompt_terms = {"loss_prompt_mask_bce", "loss_prompt_mask_dice", "loss_prompt_class"}
     aux = {f"{k}_{i}" for k in SET_TERMS | prompt_terms for i in range(num_aux)}
     expected = (
         SET_TERMS
@@ -130,6 +130,7 @@ def test_mixed_batch_gives_exactly_the_allowed_terms_in_one_forward():
             "loss_image",
             "loss_prompt_mask_bce",
             "loss_prompt_mask_dice",
+            "loss_prompt_class",
             "loss_sequence",
             "loss_sequence_mask_bce",
             "loss_sequence_mask_dice",
@@ -205,6 +206,31 @@ def test_prompt_masks_are_taught_at_every_decoder_layer():
         assert terms[f"loss_prompt_mask_dice_{i}"] > 0
     # the aux terms differ from the last layer's: they score other predictions, not a copy
     assert terms["loss_prompt_mask_dice_0"].item() != pytest.approx(terms["loss_prompt_mask_dice"].item())
+
+
+def test_prompt_queries_learn_the_class_of_what_they_point_at():
+    """A prompt always points at an object: its query's class target is that object's class, never "no object"
+    (a collapse to "no object" emptied the trained model's liver clicks). Checked against the sampled prompts."""
+    from unimed_core.training.prompt_sampling import sample_prompts
+
+    images, targets = _mixed_batch()
+    objective = _objective()
+    tok = objective.tokenizer
+    _, masks, valid, classes = sample_prompts(targets, tok, 4, images.shape[2:], torch.Generator().manual_seed(3),
+                                              with_classes=True)  # fmt: skip
+    assert valid.any() and torch.all((classes >= 0) == valid)
+    for b, p in valid.nonzero().tolist():  # the prompted mask is made of objects of that class
+        inst = targets[b].instance_masks[targets[b].instance_labels == classes[b, p]].any(0)
+        assert torch.equal(masks[b, p] & ~inst, torch.zeros_like(masks[b, p]))
+    model = _tiny_model()
+    _, terms = objective(model, images, targets, torch.Generator().manual_seed(0))
+    out = model(images).decomposed
+    assert terms["loss_prompt_class"] > 0 and len([k for k in terms if k.startswith("loss_prompt_class_")]) == len(
+        out.aux
+    )
+    # and the same draw without the classes is unchanged (the class term does not shift the random stream)
+    again = sample_prompts(targets, tok, 4, images.shape[2:], torch.Generator().manual_seed(3))
+    assert len(again) == 3 and torch.equal(again[1], masks) and torch.equal(again[2], valid)
 
 
 def test_unlabelled_volumes_contribute_only_mvm():

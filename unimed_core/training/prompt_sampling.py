@@ -102,7 +102,8 @@ def sample_prompts(
     max_positive: int = 3,
     max_negative: int = 2,
     negative_ring: int = 2,
-) -> tuple[PromptBatch, torch.Tensor, torch.Tensor]:
+    with_classes: bool = False,
+) -> tuple[PromptBatch, torch.Tensor, torch.Tensor] | tuple[PromptBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw P prompts per sample and the masks they target.
 
     Args:
@@ -116,9 +117,12 @@ def sample_prompts(
         max_positive: most positive clicks per click prompt (at least 1 is always drawn).
         max_negative: most negative clicks per click prompt (0 is allowed).
         negative_ring: width in voxels of the ring around an object where negatives go when no other object is.
+        with_classes: also return each prompt's class index (the prompted class, or the clicked or boxed
+            object's class; -1 where no prompt was drawn), which the prompt queries' class term learns.
 
     Returns:
-        ``(PromptBatch (B, P, L), prompt_masks (B, P, D, H, W) bool, prompt_valid (B, P) bool)``.
+        ``(PromptBatch (B, P, L), prompt_masks (B, P, D, H, W) bool, prompt_valid (B, P) bool)``, and
+        ``prompt_classes (B, P) long`` last with ``with_classes``.
 
     Example:
         >>> prompts, masks, valid = sample_prompts(targets, tok, 4, (32, 32, 32), torch.Generator().manual_seed(0))  # doctest: +SKIP
@@ -137,6 +141,7 @@ def sample_prompts(
     b_count = len(targets)
     masks = torch.zeros((b_count, p_count, *shape), dtype=torch.bool)
     valid = torch.zeros((b_count, p_count), dtype=torch.bool)
+    prompt_classes = torch.full((b_count, p_count), -1, dtype=torch.long)
     tokens: list[list[int]] = [[] for _ in range(b_count * p_count)]
 
     for b, target in enumerate(targets):
@@ -158,7 +163,7 @@ def sample_prompts(
                 seq = tokenizer.encode_class_prompt(c)
             else:
                 k = objects[_randint(0, len(objects) - 1, generator)]
-                target_mask = inst[k]
+                target_mask, c = inst[k], int(labels[k])
                 if kind == "box":
                     box = target.instance_boxes[k].float().cpu() if target.instance_boxes is not None else None
                     seq = tokenizer.encode_box_prompt(box if box is not None else mask_to_box(target_mask))
@@ -166,10 +171,13 @@ def sample_prompts(
                     seq = _click_prompt(inst, k, tokenizer, shape, generator, max_positive, max_negative, negative_ring)
             masks[b, p] = target_mask
             valid[b, p] = True
+            prompt_classes[b, p] = c
             tokens[b * p_count + p] = [int(t) for t in seq]
 
     longest = max(1, max(len(t) for t in tokens))
     padded = tokenizer.pad_batch(tokens, pad_to=longest).view(b_count, p_count, longest)
+    if with_classes:
+        return PromptBatch(padded), masks, valid, prompt_classes
     return PromptBatch(padded), masks, valid
 
 
