@@ -197,18 +197,36 @@ def _headline(results: dict, name: str) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _start_of(config: dict) -> tuple[int, float]:
+    """(steps, CPU seconds) a run had already trained before it started: a fine-tuning run (``--init-weights``)
+    continues its parent's snapshot (``PARENT/step_N.pt`` or ``PARENT/final.pt``), so its points sit after it on
+    the curve. The parent's folder must be at hand (its history gives the clock); else the run stops here."""
+    if "init_weights" not in config:
+        return 0, 0.0
+    weights = Path(config["init_weights"])
+    parent = weights.parent
+    if not (parent / "config.json").exists():
+        raise SystemExit(f"{weights}: the parent run of a fine-tuning run is needed to place it on the curve")
+    parent_config = json.loads((parent / "config.json").read_text())
+    step = parent_config["total_steps"] if weights.stem == "final" else _snapshot_step(weights)
+    before_steps, before_cpu = _start_of(parent_config)
+    return before_steps + step, before_cpu + (_cpu_seconds_at(run_history(parent), step) or 0.0)
+
+
 def assemble(args) -> int:
     rows = []
     for run in map(Path, args.runs):
         config = json.loads((run / "config.json").read_text())
+        start_step, start_cpu = _start_of(config)
         history = None
         for path in sorted(run.glob(f"eval_step_*_{args.split}.json")):
             ev = json.loads(path.read_text())
             if ev["cpu_seconds"] is None:  # evaluated while its piece was still running: read the clock now
                 history = run_history(run) if history is None else history
                 ev["cpu_seconds"] = _cpu_seconds_at(history, ev["step"])
-            rows.append({"run": run.name, "seed": config["seed"], "step": ev["step"], "cpu_seconds": ev["cpu_seconds"],
-                         "total_steps": config["total_steps"],
+            cpu = None if ev["cpu_seconds"] is None else start_cpu + ev["cpu_seconds"]
+            rows.append({"run": run.name, "seed": config["seed"], "step": start_step + ev["step"], "cpu_seconds": cpu,
+                         "total_steps": start_step + config["total_steps"],
                          **{k: _headline(ev, k) for k in HEADLINE}})  # fmt: skip
     rows.sort(key=lambda r: (r["run"], r["step"]))
     result = {"command": "python -m benchmarks.learning_curve assemble " + " ".join(args.runs), "split": args.split,

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from benchmarks.learning_curve import _cpu_seconds_at, main, run_history
+from benchmarks.learning_curve import _cpu_seconds_at, _start_of, main, run_history
 from unimed_core.data.atomic import atomic_write_text
 from unimed_core.model.weights import sha256_of
 
@@ -34,3 +34,21 @@ def test_fresh_seed_must_differ_from_the_runs_data_seed(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"data": str(tmp_path / "data"), "data_seed": 3}))
     with pytest.raises(SystemExit, match="is the seed this run's data came from"):
         main(["evaluate", "--run", str(tmp_path), "--fresh-seed", "3"])
+
+
+def test_a_fine_tuning_run_sits_after_its_parents_snapshot_on_the_curve(tmp_path):
+    """Steps and CPU clock of a run started from another run's weights continue the parent's (chains too)."""
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    parent.mkdir()
+    (parent / "config.json").write_text(json.dumps({"total_steps": 9600}))
+    history = [{"step": 4800, "cpu_seconds": 6600.0}, {"step": 9600, "cpu_seconds": 13210.0}]
+    (parent / "history.json").write_text(json.dumps(history))
+    assert _start_of({"total_steps": 9600}) == (0, 0.0)
+    assert _start_of({"init_weights": str(parent / "final.pt")}) == (9600, 13210.0)
+    assert _start_of({"init_weights": str(parent / "step_4800.pt")}) == (4800, 6600.0)
+    child.mkdir()
+    (child / "config.json").write_text(json.dumps({"total_steps": 720, "init_weights": str(parent / "final.pt")}))
+    (child / "history.json").write_text(json.dumps([{"step": 720, "cpu_seconds": 900.0}]))
+    assert _start_of({"init_weights": str(child / "step_720.pt")}) == (10320, 14110.0)
+    with pytest.raises(SystemExit, match="parent run"):
+        _start_of({"init_weights": str(tmp_path / "elsewhere" / "final.pt")})
