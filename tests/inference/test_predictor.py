@@ -321,3 +321,14 @@ def test_an_empty_prompt_mask_falls_back_to_the_deepest_layer_that_honours_the_p
     assert predictor.segment_box(volume, box, prepared=prepared).sum() > 0
     far_box = voxel_to_world_boxes(np.array([[0.0, 0.0, 0.0, 5.0, 5.0, 5.0]]), prepared.affine)[0]
     assert predictor.segment_box(volume, far_box, prepared=prepared).sum() == 0
+
+
+def test_a_box_larger_than_the_window_is_checked_from_the_windows_first_voxel(model, volume):
+    """The fallback's "something inside the box" test on a 16³ window centred in a box covering the whole 32³
+    grid: the box starts 8 voxels before the window, so its voxels in the window are 0..16 (a negative start
+    would index from the window's end and miss a mask in its first voxels)."""
+    region = (slice(0, 8), slice(0, 8), slice(0, 8))  # on the 32³ scale: the window's first 4³ voxels
+    predictor = _predictor(_LayeredPromptModel(model, region), roi_size=(16, 16, 16))
+    prepared = predictor.prepare(volume)
+    box = voxel_to_world_boxes(np.array([[0.0, 0.0, 0.0, 32.0, 32.0, 32.0]]), prepared.affine)[0]
+    assert predictor.segment_box(volume, box, prepared=prepared).sum() > 0

@@ -394,8 +394,10 @@ class UniMedPredictor:
         start = self._window_around((clipped[:3] + clipped[3:]) / 2 - 0.5, prepared.shape)
         size = np.asarray(self.roi_size, dtype=np.float64)
         local = np.clip((clipped - np.tile(start, 2)) / np.tile(size, 2), 0.0, 1.0)
-        inside = tuple(slice(int(np.floor(a)), max(int(np.ceil(b)), int(np.floor(a)) + 1))
-                       for a, b in zip(clipped[:3] - start, clipped[3:] - start))  # fmt: skip
+        # the box's voxels in the window (a box larger than the window starts before it: from 0, not from the end)
+        lo = np.clip(np.floor(clipped[:3] - start), 0, size - 1).astype(int)
+        hi = np.maximum(np.ceil(clipped[3:] - start).astype(int), lo + 1)
+        inside = tuple(slice(a, b) for a, b in zip(lo, hi))
 
         def honours_box(window_logits: torch.Tensor) -> bool:  # the mask has something inside the box
             return bool((window_logits[inside] > 0).any())
@@ -434,15 +436,15 @@ class UniMedPredictor:
         prompts = PromptBatch(torch.tensor(tokens, dtype=torch.long, device=self.device)[None, None])
         with self._autocast():
             out = self.model(patch.to(self.device), prompts=prompts).decomposed
-        layers = [out.mask_logits] + [aux["mask_logits"] for aux in reversed(out.aux)]  # deepest first
-        for layer_logits in layers:
+
+        def on_window(layer_logits: torch.Tensor) -> torch.Tensor:
             logits = layer_logits[0, out.layout.prompt][0].float()[None, None]
-            logits = F.interpolate(logits, size=self.roi_size, mode="trilinear")[0, 0].cpu()
-            if honours_prompt is None or honours_prompt(logits):
-                break
-        else:
-            logits = F.interpolate(out.mask_logits[0, out.layout.prompt][0].float()[None, None],
-                                   size=self.roi_size, mode="trilinear")[0, 0].cpu()  # fmt: skip
+            return F.interpolate(logits, size=self.roi_size, mode="trilinear")[0, 0].cpu()
+
+        logits = on_window(out.mask_logits)
+        if honours_prompt is not None and not honours_prompt(logits):
+            earlier = (on_window(aux["mask_logits"]) for aux in reversed(out.aux))  # deepest first
+            logits = next((layer for layer in earlier if honours_prompt(layer)), logits)
         pasted = torch.full(tuple(int(s) for s in shape), OUTSIDE_LOGIT)
         pasted[region] = logits[local]
         return pasted
