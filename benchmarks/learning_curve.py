@@ -78,7 +78,7 @@ def train(args) -> int:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     label_map, items = benchmark_items(args.data, args.data_seed)
-    model = _model(label_map, not args.coarse_class_masks)
+    model = _model(label_map, not args.coarse_class_masks, args.fine_refine_units)
     config = {"seed": args.seed, "fine_class_masks": not args.coarse_class_masks, "total_steps": args.total_steps, "snapshot_steps": list(args.snapshot_steps),
               "lr": args.lr, "batch_size": 2, "spacing": SPACING, "patch": PATCH, "data": str(args.data),
               "data_seed": args.data_seed, "lesion_radius_mm": LESION_RADIUS_MM,
@@ -86,10 +86,14 @@ def train(args) -> int:
     objective_options = {}
     if args.class_mask_pos_weight is not None:  # only then in the config, so that earlier runs still resume
         config["class_mask_pos_weight"] = objective_options["class_mask_pos_weight"] = args.class_mask_pos_weight
+    if args.fine_refine_units:  # only then in the config, so that earlier runs still resume
+        config["fine_refine_units"] = args.fine_refine_units
     training = items["training"] + items["unlabeled"]
     if args.extra_studies:  # more generated studies (their own seed, mixed annotation levels) join the training set
         extra_seed = 1000 + args.data_seed
-        _, extra = benchmark_items(Path(f"{args.data}-extra{extra_seed}"), extra_seed, args.extra_studies + 24)
+        # The first extra set (240) kept its folder name; a set of another size gets its own folder.
+        suffix = "" if args.extra_studies == 240 else f"-{args.extra_studies}"
+        _, extra = benchmark_items(Path(f"{args.data}-extra{extra_seed}{suffix}"), extra_seed, args.extra_studies + 24)
         training += extra["training"] + extra["unlabeled"]
         config["extra_studies"], config["extra_seed"] = args.extra_studies, extra_seed
     # The prompt queries' class term: off by default (its ablation: curve_s0_promptcls).
@@ -98,7 +102,8 @@ def train(args) -> int:
     if args.prompt_class_weight:  # only then in the config, so that the runs from before the term still resume
         config["prompt_class_weight"] = args.prompt_class_weight
     if args.init_weights is not None:  # a fine-tuning run: these weights, a fresh optimiser and schedule
-        load_weights(model, args.init_weights)
+        # The refinement units start as identities: weights trained without them continue.
+        load_weights(model, args.init_weights, missing_ok=("fine_class_head.refine",))
         config["init_weights"], config["init_sha256"] = str(args.init_weights), sha256_of(args.init_weights)
     check_or_write_config(run, config)
     start = time.monotonic()
@@ -117,16 +122,18 @@ def train(args) -> int:
     return 0
 
 
-def _model(label_map: LabelMap, fine_class_masks: bool = True):
-    model = unimed_small(label_map)
+def _model(label_map: LabelMap, fine_class_masks: bool = True, fine_refine_units: int = 0):
+    model = unimed_small(label_map, fine_refine_units=fine_refine_units)
     if not fine_class_masks:  # the ablation: class-token masks on the grid of E, as before FineClassHead
         model.fine_class_head = None
     return model
 
 
-def evaluate_weights(weights: Path, items: list[dict], label_map: LabelMap, fine_class_masks: bool = True) -> dict:
+def evaluate_weights(
+    weights: Path, items: list[dict], label_map: LabelMap, fine_class_masks: bool = True, fine_refine_units: int = 0
+) -> dict:
     """Headline metrics of ``weights`` on ``items``, with the bundle's predictor settings."""
-    model = _model(label_map, fine_class_masks)
+    model = _model(label_map, fine_class_masks, fine_refine_units)
     load_weights(model, weights)
     torch.manual_seed(0)
     predictor = UniMedPredictor(model, label_map, spacing=SPACING, roi_size=PATCH, score_threshold=0.05,
@@ -160,7 +167,8 @@ def evaluate_run(args) -> int:
             continue
         step = _snapshot_step(path)
         start = time.monotonic()
-        results = evaluate_weights(path, items[args.split], label_map, config.get("fine_class_masks", True))
+        results = evaluate_weights(path, items[args.split], label_map, config.get("fine_class_masks", True),
+                                   config.get("fine_refine_units", 0))  # fmt: skip
         cpu = _cpu_seconds_at(history, step)
         atomic_write_json(out, json_safe({"step": step, "cpu_seconds": cpu, "split": args.split, "weights": str(path),
                                           "data_seed": config["data_seed"] if args.fresh_seed is None else args.fresh_seed,
@@ -287,6 +295,12 @@ def main(argv=None) -> int:
         help="this many more generated studies (seed 1000 + data seed, DATA-extra<SEED>) in training",
     )
     p.add_argument("--init-weights", type=Path, default=None, help="start from these weights (fine-tuning)")
+    p.add_argument(
+        "--fine-refine-units",
+        type=int,
+        default=0,
+        help="residual units of the class masks' head at the working grid (FineClassHead.refine_units)",
+    )
     p.add_argument(
         "--class-mask-pos-weight",
         type=float,

@@ -6,7 +6,10 @@ training studies (fit) and on held-out ones (generalisation)::
 
     python -m benchmarks.lesion_voxel_ap runs/curve_s0/step_4800.pt --split training --split test
 
-Prints one line per split and writes ``--out`` (JSON) when given.
+Prints one line per split and writes ``--out`` (JSON) when given. ``--per-lesion`` also reads each lesion (one
+connected component of its class) on its own: the mean class-mask logit inside it, and the organ that hosts it;
+the share of lesions whose mean logit is above 0 ("fit"), per kind and host, says *which* lesions the dense path
+cannot draw (on the training split: which ones it cannot even fit).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from sklearn.metrics import average_precision_score
 
 from benchmarks.learning import PATCH, SPACING
@@ -25,14 +29,11 @@ from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.training_data import crop_case_at, load_case
 from unimed_core.model.weights import load_weights
 
-__all__ = ["voxel_ap"]
+__all__ = ["lesion_fit", "voxel_ap"]
 
 
-def voxel_ap(model, items: list[dict], label_map, patch=PATCH, spacing=SPACING) -> dict[str, float | None]:
-    """Class name → AP of its class-token mask logits over every voxel of each item's centred patch (None: the
-    class has no voxel in these items). Items without a label volume are skipped."""
-    truth: dict[int, list[np.ndarray]] = {}
-    scores: dict[int, list[np.ndarray]] = {}
+def _class_masks_of(model, items: list[dict], label_map, patch, spacing):
+    """(semantic label, class-mask logits) of each labelled item's centred patch."""
     model.eval()
     for item in (i for i in items if i.get("label")):
         case = load_case(item, label_map, spacing)
@@ -41,12 +42,21 @@ def voxel_ap(model, items: list[dict], label_map, patch=PATCH, spacing=SPACING) 
         with torch.no_grad():
             embeddings, levels = model.encode(crop.image[None])
             _, class_masks = model.decode_with_class_masks(embeddings, levels, image=crop.image[None])
+        yield crop.semantic, class_masks[0].float()
+
+
+def voxel_ap(model, items: list[dict], label_map, patch=PATCH, spacing=SPACING) -> dict[str, float | None]:
+    """Class name → AP of its class-token mask logits over every voxel of each item's centred patch (None: the
+    class has no voxel in these items). Items without a label volume are skipped."""
+    truth: dict[int, list[np.ndarray]] = {}
+    scores: dict[int, list[np.ndarray]] = {}
+    for semantic, class_masks in _class_masks_of(model, items, label_map, patch, spacing):
         for c in range(len(label_map.class_names)):
             mask_id = label_map.class_index_to_mask_id(c)
             if mask_id is None:
                 continue
-            truth.setdefault(c, []).append((crop.semantic == mask_id).flatten().numpy())
-            scores.setdefault(c, []).append(class_masks[0, c].float().flatten().numpy())
+            truth.setdefault(c, []).append((semantic == mask_id).flatten().numpy())
+            scores.setdefault(c, []).append(class_masks[c].flatten().numpy())
     out = {}
     for c, parts in truth.items():
         t = np.concatenate(parts)
@@ -54,6 +64,36 @@ def voxel_ap(model, items: list[dict], label_map, patch=PATCH, spacing=SPACING) 
             float(average_precision_score(t, np.concatenate(scores[c]))) if t.any() else None
         )
     return out
+
+
+def lesion_fit(model, items: list[dict], label_map, patch=PATCH, spacing=SPACING) -> dict:
+    """Each lesion's kind, host organ, size and mean class-mask logit inside it, and per "kind/host" the number of
+    lesions and the share with a mean logit above 0. The host is the organ most common in a one-voxel shell
+    around the lesion."""
+    names = label_map.class_names
+    box_classes = label_map.box_class_indices()
+    organ_of = {label_map.class_index_to_mask_id(c): names[c] for c in range(len(names)) if c not in box_classes}
+    organ_of.pop(None, None)
+    lesions = []
+    for semantic, class_masks in _class_masks_of(model, items, label_map, patch, spacing):
+        sem = semantic.numpy()
+        for c in box_classes:
+            components, n = ndimage.label(sem == label_map.class_index_to_mask_id(c))
+            for k in range(1, n + 1):
+                inside = components == k
+                shell = sem[ndimage.binary_dilation(inside) & ~inside]
+                hosts = [v for v in shell if v in organ_of]
+                host = organ_of[max(set(hosts), key=hosts.count)] if hosts else "none"
+                lesions.append({"kind": names[c], "host": host, "voxels": int(inside.sum()),
+                                "mean_logit": round(float(class_masks[c][torch.from_numpy(inside)].mean()), 3)})  # fmt: skip
+    groups: dict[str, list[float]] = {}
+    for lesion in lesions:
+        groups.setdefault(f"{lesion['kind']}/{lesion['host']}", []).append(lesion["mean_logit"])
+    summary = {
+        g: {"lesions": len(v), "fit": round(float(np.mean(np.asarray(v) > 0)), 3)} for g, v in sorted(groups.items())
+    }
+    return {"summary": summary, "fit": round(float(np.mean([x["mean_logit"] > 0 for x in lesions])), 3) if lesions else None,
+            "lesions": lesions}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -64,17 +104,25 @@ def main(argv=None) -> int:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=16, help="labelled studies per split")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--per-lesion", action="store_true", help="also each lesion's fit, by kind and host")
+    parser.add_argument("--fine-refine-units", type=int, default=0, help="the weights' FineClassHead.refine_units")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     label_map, items = benchmark_items(args.data, args.data_seed)
-    model = load_weights(_model(label_map), args.weights)
+    model = load_weights(_model(label_map, True, args.fine_refine_units), args.weights)
     results = {}
     for split in args.split or ["test"]:
         labelled = [i for i in items[split] if i.get("label")][: args.limit]
         results[split] = voxel_ap(model, labelled, label_map)
         print(f"{split} ({len(labelled)} studies): "
               + ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in results[split].items()))  # fmt: skip
+        if args.per_lesion:
+            fit = lesion_fit(model, labelled, label_map)
+            results[f"{split}_per_lesion"] = fit
+            print(f"  lesions fit (mean logit > 0): {fit['fit']}; "
+                  + ", ".join(f"{g} {v['fit']:.2f} of {v['lesions']}" for g, v in fit["summary"].items()))  # fmt: skip
     if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out, {"weights": str(args.weights), "limit": args.limit, **results})
     return 0
 

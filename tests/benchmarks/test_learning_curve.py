@@ -52,3 +52,13 @@ def test_a_fine_tuning_run_sits_after_its_parents_snapshot_on_the_curve(tmp_path
     assert _start_of({"init_weights": str(child / "step_720.pt")}) == (10320, 14110.0)
     with pytest.raises(SystemExit, match="parent run"):
         _start_of({"init_weights": str(tmp_path / "elsewhere" / "final.pt")})
+
+
+def test_generated_data_of_another_size_is_not_silently_reused(tmp_path):
+    from benchmarks.learning import make_data
+
+    listed = {"training": [{}] * 20, "validation": [{}] * 8, "test": [{}] * 16, "unlabeled": [{}] * 4}
+    (tmp_path / "datalist.json").write_text(json.dumps(listed))
+    assert make_data(tmp_path, 48, 0) == tmp_path / "datalist.json"  # the same size: reused as it is
+    with pytest.raises(SystemExit, match="holds 48 generated studies, not 264"):
+        make_data(tmp_path, 264, 0)

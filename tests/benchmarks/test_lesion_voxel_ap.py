@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.lesion_voxel_ap import voxel_ap
+from benchmarks.lesion_voxel_ap import lesion_fit, voxel_ap
 from unimed_core.data.datalist import load_datalist
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_tiny
@@ -23,3 +23,18 @@ def test_voxel_ap_per_class(tmp_path):
     present = {n for it in items for n in it.get("box_labels", [])}
     for lesion in ("cyst", "tumor"):
         assert (ap[lesion] is None) == (lesion not in present)
+
+
+def test_lesion_fit_reads_every_lesion_with_its_host_organ(tmp_path):
+    lm = LabelMap.default()
+    path = generate_dataset(tmp_path, 4, seed=5, shape=(36, 36, 32), spacing=(10.0, 10.0, 10.0), n_validation=0,
+                            n_test=3)  # fmt: skip
+    items = load_datalist(path, lm)["test"]
+    torch.manual_seed(0)
+    fit = lesion_fit(unimed_tiny(lm), items, lm, patch=(32, 32, 32), spacing=(10.0, 10.0, 10.0))
+    assert fit["lesions"], "the generated studies have lesions"
+    organs = {"liver", "spleen", "kidney_left", "kidney_right"}
+    assert all(x["kind"] in ("cyst", "tumor") and x["host"] in organs and x["voxels"] > 0 for x in fit["lesions"])
+    assert sum(g["lesions"] for g in fit["summary"].values()) == len(fit["lesions"])
+    # an untrained head's lesion logits are far below 0: none of them is fit
+    assert fit["fit"] == sum(x["mean_logit"] > 0 for x in fit["lesions"]) / len(fit["lesions"])

@@ -56,3 +56,17 @@ def test_unimed_class_masks_are_on_the_input_grid_with_the_image():
     assert out.class_mask_logits.shape == (1, n, 32, 32, 32)
     model.fine_class_head = None
     assert model(image).class_mask_logits.shape == (1, n, 16, 16, 16)
+
+
+def test_refinement_units_start_as_identities_and_learn_from_the_image():
+    plain, refined = FineClassHead(16), FineClassHead(16, refine_units=2)
+    refined.load_state_dict(plain.state_dict(), strict=False)
+    for head in (plain, refined):
+        torch.nn.init.normal_(head.weights.weight)
+    refined.weights.load_state_dict(plain.weights.state_dict())
+    coarse, hidden, embeddings, image = _inputs()
+    assert torch.allclose(plain(coarse, hidden, embeddings, image), refined(coarse, hidden, embeddings, image))
+    refined(coarse, hidden, embeddings, image).sum().backward()
+    assert refined.refine[0][1].weight.grad.abs().sum() > 0  # the zero convolution is trained, not frozen
+    with pytest.raises(ValueError, match="refine_units"):
+        FineClassHead(16, refine_units=-1)

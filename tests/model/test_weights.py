@@ -91,3 +91,14 @@ def test_wrong_architecture_is_refused(saved):
     other = LabelMap({0: "background", 1: "liver"}, (), ())  # another vocabulary: other head sizes
     with pytest.raises(WeightsError, match="do not fit"):
         load_weights(unimed_small(other), path)
+
+
+def test_weights_without_the_refinement_units_continue_in_a_head_that_has_them(saved):
+    model, path, _ = saved
+    grown = unimed_small(LabelMap.default(), fine_refine_units=1)
+    with pytest.raises(WeightsError, match="do not fit"):  # strict unless the missing part is named
+        load_weights(grown, path)
+    load_weights(grown, path, missing_ok=("fine_class_head.refine",))
+    assert torch.equal(grown.fine_class_head.stem.weight, model.fine_class_head.stem.weight)
+    with pytest.raises(WeightsError, match="missing or unexpected"):  # only the named part may be missing
+        load_weights(grown, path, missing_ok=("decomposed_decoder",))

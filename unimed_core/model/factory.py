@@ -35,6 +35,7 @@ def build_unimed(
     dropout: float = 0.0,
     image_evidence: bool = True,
     fine_class_masks: bool = True,
+    fine_refine_units: int = 0,
 ) -> UniMed:
     """Assemble a UniMed around ``encoder`` with matching pixel decoder, decoders, prompt encoder and heads.
 
@@ -51,6 +52,7 @@ def build_unimed(
         dropout: dropout of the transformers.
         image_evidence: image labels also read the class tokens' masks (``ImageEvidence``).
         fine_class_masks: the class tokens' masks are refined to the input grid (``FineClassHead``).
+        fine_refine_units: residual units of that head at the input grid (``FineClassHead.refine_units``).
     """
     pixel_decoder = PixelDecoder3D(encoder.out_channels, encoder.strides, embed_dim, output_stride=output_stride)
     return UniMed(
@@ -78,11 +80,15 @@ def build_unimed(
         embed_dim=embed_dim,
         reconstruction_head=ReconstructionHead(embed_dim, pixel_decoder.embedding_stride, encoder.in_channels),
         image_evidence=ImageEvidence(len(vocab.class_names)) if image_evidence else None,
-        fine_class_head=FineClassHead(embed_dim, encoder.in_channels) if fine_class_masks else None,
+        fine_class_head=(
+            FineClassHead(embed_dim, encoder.in_channels, refine_units=fine_refine_units) if fine_class_masks else None
+        ),
     )
 
 
-def unimed_small(label_map: LabelMap | None = None, num_bins: int = 128, num_latent_queries: int = 16) -> UniMed:
+def unimed_small(
+    label_map: LabelMap | None = None, num_bins: int = 128, num_latent_queries: int = 16, fine_refine_units: int = 0
+) -> UniMed:
     """The CPU variant: ``ConvEncoder3D`` (16, 32, 64, 128), two residual units per stage, d = 64, 3 + 2 layers,
     4 heads.
 
@@ -90,6 +96,7 @@ def unimed_small(label_map: LabelMap | None = None, num_bins: int = 128, num_lat
         label_map: the label map; default ``LabelMap.default()`` (the bundle's).
         num_bins: coordinate bins per axis.
         num_latent_queries: N latent queries.
+        fine_refine_units: residual units of the class masks' head at the input grid.
 
     Example:
         >>> model = unimed_small()
@@ -105,6 +112,7 @@ def unimed_small(label_map: LabelMap | None = None, num_bins: int = 128, num_lat
         num_decomposed_layers=3,
         num_composed_layers=2,
         num_latent_queries=num_latent_queries,
+        fine_refine_units=fine_refine_units,
     )
 
 

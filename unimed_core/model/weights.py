@@ -40,13 +40,17 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> str:
     return digest
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, sha256: str | None = None) -> torch.nn.Module:
+def load_weights(
+    model: torch.nn.Module, path: str | Path, sha256: str | None = None, missing_ok: tuple[str, ...] = ()
+) -> torch.nn.Module:
     """Load weights into ``model`` after checking their hash.
 
     Args:
         model: the network to fill.
         path: a file written by :func:`save_weights` (or a MONAI checkpoint dict with a ``network`` entry).
         sha256: the expected hash; when None it is read from ``path.sha256``, which must exist.
+        missing_ok: prefixes of parameters the file may lack (modules added to a trained network that start as
+            identities, e.g. ``FineClassHead``'s refinement units); they keep their initial values.
 
     Raises:
         WeightsError: missing file or hash, hash mismatch, or weights that do not fit ``model``.
@@ -69,7 +73,13 @@ def load_weights(model: torch.nn.Module, path: str | Path, sha256: str | None = 
     if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
         state = state["network"]
     try:
-        model.load_state_dict(state)
+        if missing_ok:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            refused = [k for k in missing if not k.startswith(missing_ok)] + list(unexpected)
+            if refused:
+                raise RuntimeError(f"missing or unexpected keys {refused}")
+        else:
+            model.load_state_dict(state)
     except RuntimeError as e:
         raise WeightsError(f"{path}: weights do not fit this network: {e}") from e
     return model
