@@ -8,7 +8,7 @@ training studies (fit) and on held-out ones (generalisation)::
 
 Prints one line per split and writes ``--out`` (JSON) when given. ``--per-lesion`` also reads each lesion (one
 connected component of its class) on its own: the mean class-mask logit inside it, and the organ that hosts it;
-the share of lesions whose mean logit is above 0 ("fit"), per kind and host, says *which* lesions the dense path
+the share of lesions whose mean logit is above 0 ("fit"), per kind and host and per kind and domain, says *which* lesions the dense path
 cannot draw (on the training split: which ones it cannot even fit).
 """
 
@@ -42,7 +42,7 @@ def _class_masks_of(model, items: list[dict], label_map, patch, spacing):
         with torch.no_grad():
             embeddings, levels = model.encode(crop.image[None])
             _, class_masks = model.decode_with_class_masks(embeddings, levels, image=crop.image[None])
-        yield crop.semantic, class_masks[0].float()
+        yield item, crop.semantic, class_masks[0].float(), crop.image[0]
 
 
 def voxel_ap(model, items: list[dict], label_map, patch=PATCH, spacing=SPACING) -> dict[str, float | None]:
@@ -50,7 +50,7 @@ def voxel_ap(model, items: list[dict], label_map, patch=PATCH, spacing=SPACING) 
     class has no voxel in these items). Items without a label volume are skipped."""
     truth: dict[int, list[np.ndarray]] = {}
     scores: dict[int, list[np.ndarray]] = {}
-    for semantic, class_masks in _class_masks_of(model, items, label_map, patch, spacing):
+    for _, semantic, class_masks, _ in _class_masks_of(model, items, label_map, patch, spacing):
         for c in range(len(label_map.class_names)):
             mask_id = label_map.class_index_to_mask_id(c)
             if mask_id is None:
@@ -75,23 +75,32 @@ def lesion_fit(model, items: list[dict], label_map, patch=PATCH, spacing=SPACING
     organ_of = {label_map.class_index_to_mask_id(c): names[c] for c in range(len(names)) if c not in box_classes}
     organ_of.pop(None, None)
     lesions = []
-    for semantic, class_masks in _class_masks_of(model, items, label_map, patch, spacing):
-        sem = semantic.numpy()
+    for item, semantic, class_masks, image in _class_masks_of(model, items, label_map, patch, spacing):
+        sem, image = semantic.numpy(), image.numpy()
         for c in box_classes:
             components, n = ndimage.label(sem == label_map.class_index_to_mask_id(c))
             for k in range(1, n + 1):
                 inside = components == k
                 shell = sem[ndimage.binary_dilation(inside) & ~inside]
                 hosts = [v for v in shell if v in organ_of]
-                host = organ_of[max(set(hosts), key=hosts.count)] if hosts else "none"
-                lesions.append({"kind": names[c], "host": host, "voxels": int(inside.sum()),
-                                "mean_logit": round(float(class_masks[c][torch.from_numpy(inside)].mean()), 3)})  # fmt: skip
-    groups: dict[str, list[float]] = {}
-    for lesion in lesions:
-        groups.setdefault(f"{lesion['kind']}/{lesion['host']}", []).append(lesion["mean_logit"])
+                host_id = max(set(hosts), key=hosts.count) if hosts else None
+                host = organ_of.get(host_id, "none")
+                # contrast to noise in the model's input: (lesion - host mean) / host sd (sd over the whole organ,
+                # its partial-volume rim included: what the lesion must stand out from)
+                organ = image[sem == host_id] if host_id is not None else image[~inside]
+                cnr = (image[inside].mean() - organ.mean()) / max(float(organ.std()), 1e-6)
+                logit = float(class_masks[c][torch.from_numpy(inside)].mean())
+                lesions.append({"kind": names[c], "host": host, "domain": item.get("domain"),
+                                "voxels": int(inside.sum()), "cnr": round(float(cnr), 2), "mean_logit": round(logit, 3)})  # fmt: skip
+    groups: dict[str, list[dict]] = {}
+    for lesion in lesions:  # by kind and host, and by kind and imaging domain
+        groups.setdefault(f"{lesion['kind']}/{lesion['host']}", []).append(lesion)
+        groups.setdefault(f"{lesion['kind']}/{lesion['domain']}", []).append(lesion)
     summary = {
-        g: {"lesions": len(v), "fit": round(float(np.mean(np.asarray(v) > 0)), 3)} for g, v in sorted(groups.items())
-    }
+        g: {"lesions": len(v), "fit": round(float(np.mean([x["mean_logit"] > 0 for x in v])), 3),
+            "median_abs_cnr": round(float(np.median([abs(x["cnr"]) for x in v])), 2)}
+        for g, v in sorted(groups.items())
+    }  # fmt: skip
     return {"summary": summary, "fit": round(float(np.mean([x["mean_logit"] > 0 for x in lesions])), 3) if lesions else None,
             "lesions": lesions}  # fmt: skip
 
@@ -120,7 +129,8 @@ def main(argv=None) -> int:
             fit = lesion_fit(model, labelled, label_map)
             results[f"{split}_per_lesion"] = fit
             print(f"  lesions fit (mean logit > 0): {fit['fit']}; "
-                  + ", ".join(f"{g} {v['fit']:.2f} of {v['lesions']}" for g, v in fit["summary"].items()))  # fmt: skip
+                  + ", ".join(f"{g} {v['fit']:.2f} of {v['lesions']} (|CNR| {v['median_abs_cnr']})"
+                              for g, v in fit["summary"].items()))  # fmt: skip
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.out, {"weights": str(args.weights), "limit": args.limit, **results})
