@@ -91,10 +91,7 @@ def train(args) -> int:
     training = items["training"] + items["unlabeled"]
     if args.extra_studies:  # more generated studies (their own seed, mixed annotation levels) join the training set
         extra_seed = 1000 + args.data_seed
-        # The first extra set (240) kept its folder name; a set of another size gets its own folder.
-        suffix = "" if args.extra_studies == 240 else f"-{args.extra_studies}"
-        _, extra = benchmark_items(Path(f"{args.data}-extra{extra_seed}{suffix}"), extra_seed, args.extra_studies + 24)
-        training += extra["training"] + extra["unlabeled"]
+        training += extra_training_items(Path(args.data), args.data_seed, args.extra_studies)
         config["extra_studies"], config["extra_seed"] = args.extra_studies, extra_seed
     # The prompt queries' class term: off by default (its ablation: curve_s0_promptcls).
     weights = {**DEFAULT_LOSS_WEIGHTS, "loss_prompt_class": args.prompt_class_weight,
@@ -120,6 +117,20 @@ def train(args) -> int:
     if last.get("step", 0) >= args.total_steps:
         save_weights(model, run / "final.pt")
     return 0
+
+
+def extra_training_items(data: Path, data_seed: int, studies: int) -> list[dict]:
+    """The training and unlabeled items of ``studies`` more generated studies (seed 1000 + data seed; 24 more are
+    made for their own validation and test splits, unused). The first extra set (240) kept the folder name
+    ``DATA-extra<SEED>``; a set of another size has its own, ``DATA-extra<SEED>-<N>``, and a folder that holds
+    another number of studies is refused rather than silently reused."""
+    seed = 1000 + data_seed
+    root = Path(f"{data}-extra{seed}" + ("" if studies == 240 else f"-{studies}"))
+    _, extra = benchmark_items(root, seed, studies + 24)
+    have = sum(len(extra[split]) for split in ("training", "validation", "test", "unlabeled"))
+    if have != studies + 24:
+        raise SystemExit(f"{root} holds {have} generated studies, not {studies + 24}")
+    return extra["training"] + extra["unlabeled"]
 
 
 def _model(label_map: LabelMap, fine_class_masks: bool = True, fine_refine_units: int = 0):

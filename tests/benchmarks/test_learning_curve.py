@@ -54,11 +54,15 @@ def test_a_fine_tuning_run_sits_after_its_parents_snapshot_on_the_curve(tmp_path
         _start_of({"init_weights": str(tmp_path / "elsewhere" / "final.pt")})
 
 
-def test_generated_data_of_another_size_is_not_silently_reused(tmp_path):
-    from benchmarks.learning import make_data
+def test_extra_studies_of_another_count_are_not_silently_reused(tmp_path):
+    from benchmarks.learning_curve import extra_training_items
+    from unimed_core.synthetic.dataset import generate_dataset
 
-    listed = {"training": [{}] * 20, "validation": [{}] * 8, "test": [{}] * 16, "unlabeled": [{}] * 4}
-    (tmp_path / "datalist.json").write_text(json.dumps(listed))
-    assert make_data(tmp_path, 48, 0) == tmp_path / "datalist.json"  # the same size: reused as it is
-    with pytest.raises(SystemExit, match="holds 48 generated studies, not 264"):
-        make_data(tmp_path, 264, 0)
+    data = tmp_path / "data"
+    generate_dataset(tmp_path / "data-extra1003-4", 28, seed=1003, shape=(24, 24, 24), spacing=(16.0, 16.0, 15.0),
+                     n_validation=8, n_test=16)  # fmt: skip
+    assert len(extra_training_items(data, 3, 4)) == 4  # the folder made for 4 (+ 24 held out) studies
+    generate_dataset(tmp_path / "data-extra1003-8", 28, seed=1003, shape=(24, 24, 24), spacing=(16.0, 16.0, 15.0),
+                     n_validation=8, n_test=16)  # fmt: skip
+    with pytest.raises(SystemExit, match="holds 28 generated studies, not 32"):
+        extra_training_items(data, 3, 8)
