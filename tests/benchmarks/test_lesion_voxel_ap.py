@@ -11,12 +11,17 @@ from unimed_core.model.factory import unimed_tiny
 from unimed_core.synthetic.dataset import generate_dataset
 
 
-def test_voxel_ap_per_class(tmp_path):
+def _test_studies(tmp_path, cases: int, seed: int, n_test: int):
+    """The label map and the test split of a small generated dataset, with torch seeded for an untrained model."""
     lm = LabelMap.default()
-    path = generate_dataset(tmp_path, 3, seed=4, shape=(36, 36, 32), spacing=(10.0, 10.0, 10.0), n_validation=0,
-                            n_test=2)  # fmt: skip
-    items = load_datalist(path, lm)["test"]
+    path = generate_dataset(tmp_path, cases, seed=seed, shape=(36, 36, 32), spacing=(10.0, 10.0, 10.0),
+                            n_validation=0, n_test=n_test)  # fmt: skip
     torch.manual_seed(0)
+    return lm, load_datalist(path, lm)["test"]
+
+
+def test_voxel_ap_per_class(tmp_path):
+    lm, items = _test_studies(tmp_path, 3, seed=4, n_test=2)
     ap = voxel_ap(unimed_tiny(lm), items, lm, patch=(32, 32, 32), spacing=(10.0, 10.0, 10.0))
     assert set(ap) == {name for name in lm.class_names if lm.class_index_to_mask_id(lm.class_index(name)) is not None}
     assert ap["liver"] is not None and 0.0 < ap["liver"] <= 1.0  # every study has a liver
@@ -26,11 +31,7 @@ def test_voxel_ap_per_class(tmp_path):
 
 
 def test_lesion_fit_reads_every_lesion_with_its_host_organ(tmp_path):
-    lm = LabelMap.default()
-    path = generate_dataset(tmp_path, 4, seed=5, shape=(36, 36, 32), spacing=(10.0, 10.0, 10.0), n_validation=0,
-                            n_test=3)  # fmt: skip
-    items = load_datalist(path, lm)["test"]
-    torch.manual_seed(0)
+    lm, items = _test_studies(tmp_path, 4, seed=5, n_test=3)
     fit = lesion_fit(unimed_tiny(lm), items, lm, patch=(32, 32, 32), spacing=(10.0, 10.0, 10.0))
     assert fit["lesions"], "the generated studies have lesions"
     organs = {"liver", "spleen", "kidney_left", "kidney_right"}
