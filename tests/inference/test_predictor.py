@@ -196,6 +196,26 @@ def test_component_boxes_are_the_label_volumes_lesions():
     assert [s for _, _, s in got] == pytest.approx([0.9, 0.6, 0.7])
 
 
+def test_component_boxes_on_score_maps_find_a_lesion_the_organ_outscores():
+    labels = torch.ones(12, 12, 12, dtype=torch.long)  # the label volume draws liver everywhere
+    scores = torch.zeros(6, 12, 12, 12)
+    scores[0] = 0.9
+    scores[4, 2:4, 2:5, 2:3] = 0.3  # a cyst the liver outscores
+    scores[4, 3, 3, 2] = 0.45
+    scores[5, 8, 8, 8] = 0.1  # below the threshold: not a detection
+    assert _component_boxes(scores, labels, [4, 5])["boxes"].shape == (0, 6)  # the label volume's rule misses it
+    found = _component_boxes(scores, labels, [4, 5], threshold=0.2)
+    assert found["labels"].tolist() == [4]
+    assert found["boxes"].tolist() == [[2, 2, 2, 4, 5, 3]]
+    assert found["scores"].tolist() == pytest.approx([0.45])
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.5, -0.2])
+def test_component_threshold_outside_0_1_is_refused(model, threshold):
+    with pytest.raises(ValueError, match="component_threshold must be in"):
+        _predictor(model, component_threshold=threshold)
+
+
 def test_segmentation_detection_path_boxes_on_the_input_grid(model, volume):
     prediction = _predictor(model, detection_path="segmentation", mask_threshold=0.0).predict(volume)
     _check_prediction(prediction, volume)

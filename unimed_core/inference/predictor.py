@@ -41,6 +41,8 @@ BOX_SOURCES = ("tokens", "masks")
 # Mask logit of the working grid outside a prompt's window: background, and finite so that trilinear interpolation
 # near the window's edge blends to it instead of giving NaN.
 OUTSIDE_LOGIT = -20.0
+# Score a lesion's region must reach to be a detection on the "segmentation" path (benchmarks/component_threshold.py)
+COMPONENT_THRESHOLD = 0.2
 COORDINATES = "world millimetres, RAS (as NIfTI and Slicer), MONAI box mode XYZXYZ (corner)"
 
 
@@ -90,8 +92,12 @@ class UniMedPredictor:
         score_threshold: minimal detection score kept.
         nms_iou: IoU of per-class non-maximum suppression across queries and windows.
         detection_path: "decomposed" (per-query box tokens), "composed" (generated DET sequence) or
-            "segmentation" (each connected component of a box class in the label volume, scored by its highest
-            class score: boxes that agree with the segmentation).
+            "segmentation" (each connected component of a box class's score map, scored by its highest class
+            score: boxes that agree with the segmentation).
+        component_threshold: on the "segmentation" path, a box class's components are the regions where its own
+            score is at least this, so that a lesion still found where an organ outscores it (the label volume
+            draws the organ there) is reported, with its lower score; None: the label volume's components.
+            0.2 was chosen on the learning benchmark's validation studies (``benchmarks/component_threshold.py``).
         box_source: on the decomposed path, where a query's box comes from: "tokens" (its box tokens) or "masks"
             (the extent of its mask above ``mask_threshold``, its box tokens when the mask is empty).
         semantic_source: where the label volume's per-class scores come from: "queries" (Mask2Former's
@@ -119,6 +125,7 @@ class UniMedPredictor:
         score_threshold: float = 0.3,
         nms_iou: float = 0.3,
         detection_path: str = "decomposed",
+        component_threshold: float | None = COMPONENT_THRESHOLD,
         max_working_voxels: int = 512**3,
         semantic_source: str = "queries",
         box_source: str = "tokens",
@@ -138,6 +145,9 @@ class UniMedPredictor:
         self.overlap, self.device, self.amp = overlap, torch.device(device), amp
         self.mask_threshold, self.score_threshold, self.nms_iou = mask_threshold, score_threshold, nms_iou
         self.detection_path = detection_path
+        if component_threshold is not None and not 0.0 < component_threshold <= 1.0:
+            raise ValueError(f"component_threshold must be in (0, 1] or None, got {component_threshold}")
+        self.component_threshold = component_threshold
         if semantic_source not in SEMANTIC_SOURCES:
             raise ValueError(f"semantic_source must be one of {SEMANTIC_SOURCES}, got {semantic_source!r}")
         self.semantic_source = semantic_source
@@ -226,7 +236,8 @@ class UniMedPredictor:
         found = windows
         if self.detection_path == "segmentation":
             labels = self._labels_from_scores(scores, wanted)
-            found = [_component_boxes(scores, labels, [c for c in self._box_classes if c < scores.shape[0]])]
+            box_classes = [c for c in self._box_classes if c < scores.shape[0]]
+            found = [_component_boxes(scores, labels, box_classes, self.component_threshold)]
         boxes, box_labels, box_scores = self._merge_boxes(found, prepared, wanted)
         probs = self._image_probabilities(windows)
         warnings = self.familiarity_warnings(volume)
@@ -467,13 +478,17 @@ def _inside_box(shape: Sequence[int], affine: np.ndarray, box: np.ndarray) -> np
     return inside
 
 
-def _component_boxes(scores: torch.Tensor, labels: torch.Tensor, box_classes: Sequence[int]) -> dict:
+def _component_boxes(
+    scores: torch.Tensor, labels: torch.Tensor, box_classes: Sequence[int], threshold: float | None = None
+) -> dict:
     """Boxes (working-grid voxels), scores and class indices of the connected components (26-connected, scipy) of
-    each box class in ``labels`` (mask id = class index + 1); a component's score is its highest class score."""
+    each box class: of ``scores[c] >= threshold``, or with ``threshold`` None of ``labels == c + 1`` (mask id =
+    class index + 1); a component's score is its highest class score."""
     boxes, found, classes = [], [], []
     structure = np.ones((3, 3, 3), dtype=bool)
     for c in box_classes:
-        components, n = ndimage.label((labels == c + 1).numpy(), structure=structure)
+        region = labels == c + 1 if threshold is None else scores[c] >= threshold
+        components, n = ndimage.label(region.numpy(), structure=structure)
         if not n:
             continue
         peak = ndimage.maximum(scores[c].numpy(), components, index=np.arange(1, n + 1))
