@@ -162,6 +162,18 @@ def _curve(curve: dict, unimed: dict | None, figure: str | None) -> list[str]:
     return lines + [""]
 
 
+def _component_threshold(ct: dict) -> list[str]:
+    keys = ("mAP@0.10", "recall@0.10", "AP@0.10/cyst", "AP@0.10/tumor")
+    lines = ["## Lesion detections: which regions are reported", "",
+             "`benchmarks/component_threshold.py`: the label-volume detection path boxes each lesion class's regions, "
+             "either the label volume's (argmax: the host organ wins where it outscores the lesion) or those where "
+             "the lesion class's own score reaches a threshold. The threshold is chosen on the tuning studies and "
+             f"checked on the others. Weights `{ct['weights_sha256'][:8]}…`; chosen: **{ct['chosen']}**.", ""]  # fmt: skip
+    rows = [[split, name, *(summary.get(k) for k in keys)] for split, found in ct["splits"].items()
+            for name, summary in found.items()]  # fmt: skip
+    return lines + _table(["studies", "regions", *keys], rows) + [""]
+
+
 def _claims(c: dict) -> list[str]:
     if c["mode"] == "learning":
         steps = " or ".join(map(str, c["steps"]))
@@ -404,6 +416,8 @@ def build_report(results: Path, out: Path, plots: bool = True) -> str:
     if curve:
         figure = out.parent / "figures" / "learning_curve_baselines.png"
         lines += _curve(curve, unimed_curve, f"figures/{figure.name}" if figure.is_file() else None)
+    if component_threshold := _load(results / "component_threshold.json"):
+        lines += _component_threshold(component_threshold)
     if claims:
         lines += _claims(claims)
     if learning_claims:

@@ -98,3 +98,13 @@ def test_verdict_calls_differences_under_the_tolerance_even():
         "classification (AUC): UniMed 0.380 vs baseline 0.460 (-0.080) (both at chance"
         in text.split("No measurable")[1]
     )
+
+
+def test_report_shows_the_component_threshold_choice(tmp_path):
+    found = {"mAP@0.10": 0.24, "recall@0.10": 0.33, "AP@0.10/cyst": 0.39, "AP@0.10/tumor": 0.09}
+    (tmp_path / "component_threshold.json").write_text(json.dumps({
+        "weights_sha256": "d3a4c1f7" + "0" * 56, "chosen": "score >= 0.2",
+        "splits": {"test": {"label volume": {**found, "mAP@0.10": 0.09}, "score >= 0.2": found}}}))  # fmt: skip
+    text = build_report(tmp_path, tmp_path / "b.md", plots=False)
+    assert "chosen: **score >= 0.2**" in text and "`d3a4c1f7…`" in text
+    assert "| test | label volume | 0.090 |" in text and "| test | score >= 0.2 | 0.240 |" in text
