@@ -15,6 +15,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -53,14 +54,17 @@ def json_safe(value):
     return value
 
 
-def make_data(root: Path, cases: int, seed: int) -> Path:
+def make_data(root: Path, cases: int, seed: int, fov_mm: Sequence[float] | None = None) -> Path:
+    """The benchmark's generated studies (``fov_mm``: a field of view other than the generator's whole body; the
+    anatomy is drawn from the seed alone, so the same seed with a smaller field of view cuts the same bodies)."""
     datalist = root / "datalist.json"
     if datalist.exists():  # made before (or a test's smaller copy): reused as it is
         return datalist
+    fov = {} if fov_mm is None else {"fov_mm": tuple(fov_mm)}
     return generate_dataset(
         root, cases, seed=seed, domains="mixed", shape=None, spacing=(4.0, 4.0, 4.5), spacing_max=(5.0, 5.0, 6.0),
         orientations=("RAS", "LPS"), n_validation=8, n_test=16,
-        base_config=SyntheticConfig(lesion_radius_mm=LESION_RADIUS_MM),
+        base_config=SyntheticConfig(lesion_radius_mm=LESION_RADIUS_MM), **fov,
     )  # fmt: skip
 
 

@@ -28,12 +28,14 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from benchmarks.learning import LESION_RADIUS_MM, PATCH, SPACING, json_safe, make_data
 from unimed_core.data.atomic import atomic_write_json, atomic_write_text
+from unimed_core.data.augmentation import DEFAULT_AUGMENTATION
 from unimed_core.data.datalist import load_datalist
 from unimed_core.evaluation import evaluate
 from unimed_core.inference.predictor import COMPONENT_THRESHOLD, UniMedPredictor
@@ -58,9 +60,9 @@ HEADLINE = {
 RESULTS = Path("benchmarks/results")
 
 
-def benchmark_items(data: Path, seed: int, cases: int = 144):
+def benchmark_items(data: Path, seed: int, cases: int = 144, fov_mm=None):
     label_map = LabelMap.default()
-    return label_map, load_datalist(make_data(data, cases, seed), label_map)
+    return label_map, load_datalist(make_data(data, cases, seed, fov_mm), label_map)
 
 
 def check_or_write_config(run: Path, config: dict) -> None:
@@ -91,6 +93,10 @@ def train(args) -> int:
         config["class_mask_pos_weight"] = objective_options["class_mask_pos_weight"] = args.class_mask_pos_weight
     if args.fine_refine_units:  # only then in the config, so that earlier runs still resume
         config["fine_refine_units"] = args.fine_refine_units
+    augmentation = DEFAULT_AUGMENTATION
+    if args.field_of_view_cut:  # only then in the config (and in the draws), so that earlier runs still resume
+        config["field_of_view_cut"] = args.field_of_view_cut
+        augmentation = replace(DEFAULT_AUGMENTATION, field_of_view_cut=args.field_of_view_cut)
     training = items["training"] + items["unlabeled"]
     if args.extra_studies:  # more generated studies (their own seed, mixed annotation levels) join the training set
         extra_seed = 1000 + args.data_seed
@@ -112,6 +118,7 @@ def train(args) -> int:
         lr=args.lr, max_steps=args.total_steps, seed=args.seed, log_every=25, checkpoint=run / "checkpoint.pt",
         checkpoint_every_s=args.checkpoint_every_min * 60, stop_after_s=args.stop_after_min * 60,
         snapshot_steps=args.snapshot_steps, snapshot_dir=run, objective_options=objective_options, weights=weights,
+        augmentation=augmentation,
     )  # fmt: skip
     atomic_write_json(run / "history.json", json_safe(history))
     last = history[-1] if history else {}
@@ -174,13 +181,18 @@ def evaluate_run(args) -> int:
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
     suffix = ""
+    if args.field_of_view and args.fresh_seed is None:
+        raise SystemExit("--field-of-view goes with --fresh-seed (the same fresh studies, cut)")
     if args.fresh_seed is None:
         label_map, items = benchmark_items(Path(config["data"]), config["data_seed"])
     else:  # studies generated from a seed no run trained or was tuned on (the issue's check against over-tuning)
         if args.fresh_seed == config["data_seed"]:
             raise SystemExit(f"--fresh-seed {args.fresh_seed} is the seed this run's data came from")
-        label_map, items = benchmark_items(Path(f"{config['data']}-fresh{args.fresh_seed}"), args.fresh_seed)
         suffix = f"_fresh{args.fresh_seed}"
+        if args.field_of_view:  # the same bodies, cut by a smaller field of view
+            suffix += "_fov" + "x".join(f"{f:g}" for f in args.field_of_view)
+        label_map, items = benchmark_items(Path(f"{config['data']}{suffix.replace('_', '-')}"), args.fresh_seed,
+                                           fov_mm=args.field_of_view)  # fmt: skip
     snapshots = sorted(run.glob("step_*.pt"), key=_snapshot_step)
     if args.steps:
         snapshots = [p for p in snapshots if _snapshot_step(p) in args.steps]
@@ -329,6 +341,12 @@ def main(argv=None) -> int:
         help="residual units of the class masks' head at the working grid (FineClassHead.refine_units)",
     )
     p.add_argument(
+        "--field-of-view-cut",
+        type=float,
+        default=0.0,
+        help="probability of training on a cut field of view (Augmentation.field_of_view_cut; default 0, off)",
+    )
+    p.add_argument(
         "--class-mask-pos-weight",
         type=float,
         default=None,
@@ -350,6 +368,13 @@ def main(argv=None) -> int:
         type=int,
         default=None,
         help="evaluate on studies generated from this seed instead (DATA-fresh<SEED>, made if missing)",
+    )
+    p.add_argument(
+        "--field-of-view",
+        type=float,
+        nargs=3,
+        default=None,
+        help="with --fresh-seed: the same studies with this field of view (mm), which cuts the body",
     )
     p.set_defaults(func=evaluate_run)
     p = sub.add_parser("assemble", help="gather runs' evaluations into the results file, a table and a plot")

@@ -80,10 +80,47 @@ def test_unannotated_case_is_augmented_and_keeps_its_image_labels():
     assert not torch.equal(out.image, case.image)
 
 
+def test_without_cuts_the_draws_are_those_of_before():
+    """A run started before field-of-view cuts existed resumes with the same draws: no extra draw when they are off."""
+    case = _case()
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    Augmentation()(case, rng_a)
+    Augmentation(field_of_view_cut=0.0)(case, rng_b)
+    assert rng_a.uniform() == rng_b.uniform()
+
+
+def test_field_of_view_cut_keeps_a_box_of_the_mask_and_reads_findings_from_it():
+    aug = Augmentation(max_rotation_deg=0, max_scale=0, intensity_scale=0, intensity_shift=0, field_of_view_cut=1.0,
+                       min_field_of_view=(0.5, 0.5, 0.5))  # fmt: skip
+    case = LoadedCase(_case().image, _case().semantic, None, None, [4])
+    shapes = set()
+    for seed in range(8):
+        out = aug(case, np.random.default_rng(seed))
+        shape = out.image.shape[1:]
+        assert out.semantic.shape == shape and all(20 <= n <= 40 for n in shape)
+        shapes.add(tuple(shape))
+        assert out.image_classes is None  # the cut mask says which findings are left (build_target)
+        # image and mask are cut by the same window: the liver's voxels are still the bright ones
+        liver = out.semantic == 1
+        assert bool((out.image[0][liver] == 0.8).all()) and not bool((out.image[0][~liver] == 0.8).any())
+    assert len(shapes) > 1
+
+
+def test_field_of_view_cut_leaves_box_only_and_image_label_only_cases_whole():
+    aug = Augmentation(field_of_view_cut=1.0)
+    boxes = np.array([[6.0, 12, 12, 16, 28, 28]])
+    for case in (_case(boxes=boxes, with_mask=False), LoadedCase(_case().image, None, None, None, [4])):
+        out = aug(case, np.random.default_rng(0))
+        assert out.image.shape == case.image.shape and out.image_classes == case.image_classes
+    unlabelled = LoadedCase(_case().image, None, None, None, None)
+    assert aug(unlabelled, np.random.default_rng(0)).image.shape != unlabelled.image.shape  # cut (seed 0 cuts)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"max_rotation_deg": -1}, {"max_rotation_deg": 90}, {"max_scale": 0.5}, {"intensity_scale": 1.0},
-     {"intensity_shift": -0.1}],
+     {"intensity_shift": -0.1}, {"field_of_view_cut": 1.5}, {"min_field_of_view": (0.0, 0.5, 0.5)},
+     {"min_field_of_view": (0.5, 0.5)}],
 )  # fmt: skip
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError, match="out of range"):
