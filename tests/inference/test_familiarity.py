@@ -75,6 +75,13 @@ def test_another_field_of_view_warns_about_the_region_and_says_why(reference):
     assert warning_lines([warning])[0].startswith("warning (region): the body region or field of view")
 
 
+def test_a_body_that_fills_the_field_of_view_is_said_so_not_as_an_extent():
+    from unimed_core.inference.familiarity import _describe
+
+    assert _describe("body_fraction", 0.9, 0.35, 0.45) == "body fills 90% of the field of view (training 35-45%)"
+    assert _describe("body_S", math.log(99.0), math.log(300), math.log(360)).startswith("body extent along S 99 mm")
+
+
 def test_a_contrast_never_seen_warns_about_the_intensities(reference):
     volume = _case(14, "mr")
     inverted = Volume(volume.array.max() - volume.array, volume.affine)

@@ -189,11 +189,11 @@ class FamiliarityReference:
 
 
 def _describe(name: str, value: float, low: float, high: float) -> str:
+    if name == "body_fraction":  # before the extents: it also starts with "body_"
+        return f"body fills {100 * value:.0f}% of the field of view (training {100 * low:.0f}-{100 * high:.0f}%)"
     if name.startswith(("fov_", "body_")):
         what = "field of view" if name.startswith("fov_") else "body extent"
         return f"{what} along {name[-1]} {math.exp(value):.0f} mm (training {math.exp(low):.0f}-{math.exp(high):.0f})"
-    if name == "body_fraction":
-        return f"body fills {100 * value:.0f}% of the field of view (training {100 * low:.0f}-{100 * high:.0f}%)"
     return f"{name[1:]}th intensity percentile at {value:.2f} of the body's range (training {low:.2f}-{high:.2f})"
 
 
