@@ -297,15 +297,15 @@ def _plot(rows: list[dict], path: Path) -> None:
     names = ["organ Dice", "lesion mAP@0.1 (label volume)", "image AUC", "click Dice"]
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), constrained_layout=True)
     for ax, name in zip(axes, names):
-        for run in sorted({r["run"] for r in rows}):
+        for i, run in enumerate(sorted({r["run"] for r in rows})):
             pts = [(r["step"], r[name]) for r in rows if r["run"] == run]
-            (line,) = ax.plot(*zip(*pts), marker="o", label=run)
+            (line,) = ax.plot(*zip(*pts), marker="o", label=run, color=plt.cm.tab20(i % 20))  # more runs than 10
             if name == "lesion mAP@0.1 (label volume)":  # the shipped rule, where it was measured: crosses
                 later = [(r["step"], r["lesion mAP@0.1 (score map)"]) for r in rows if r["run"] == run]
                 ax.plot(*zip(*later), marker="x", linestyle="--", color=line.get_color())
         ax.set_xscale("log")
         ax.set_xlabel("training steps (batch 2)")
-        ax.set_title(name)
+        ax.set_title(name + (", x: score map" if name == "lesion mAP@0.1 (label volume)" else ""))
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
