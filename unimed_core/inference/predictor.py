@@ -97,7 +97,7 @@ class UniMedPredictor:
         component_threshold: on the "segmentation" path, a box class's components are the regions where its own
             score is at least this, so that a lesion still found where an organ outscores it (the label volume
             draws the organ there) is reported, with its lower score; None: the label volume's components.
-            0.2 was chosen on the learning benchmark's validation studies (``benchmarks/component_threshold.py``).
+            0.2 was chosen on 24 tuning studies of the learning benchmark (``benchmarks/component_threshold.py``).
         box_source: on the decomposed path, where a query's box comes from: "tokens" (its box tokens) or "masks"
             (the extent of its mask above ``mask_threshold``, its box tokens when the mask is empty).
         semantic_source: where the label volume's per-class scores come from: "queries" (Mask2Former's
@@ -235,7 +235,8 @@ class UniMedPredictor:
         restored = restore_labels(scores, prepared, lambda slab: self._labels_from_scores(slab, wanted)).numpy()
         found = windows
         if self.detection_path == "segmentation":
-            labels = self._labels_from_scores(scores, wanted)
+            # the label volume on the working grid is only needed for its own components (no threshold)
+            labels = self._labels_from_scores(scores, wanted) if self.component_threshold is None else None
             box_classes = [c for c in self._box_classes if c < scores.shape[0]]
             found = [_component_boxes(scores, labels, box_classes, self.component_threshold)]
         boxes, box_labels, box_scores = self._merge_boxes(found, prepared, wanted)
@@ -479,7 +480,7 @@ def _inside_box(shape: Sequence[int], affine: np.ndarray, box: np.ndarray) -> np
 
 
 def _component_boxes(
-    scores: torch.Tensor, labels: torch.Tensor, box_classes: Sequence[int], threshold: float | None = None
+    scores: torch.Tensor, labels: torch.Tensor | None, box_classes: Sequence[int], threshold: float | None = None
 ) -> dict:
     """Boxes (working-grid voxels), scores and class indices of the connected components (26-connected, scipy) of
     each box class: of ``scores[c] >= threshold``, or with ``threshold`` None of ``labels == c + 1`` (mask id =
