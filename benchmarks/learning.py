@@ -54,9 +54,12 @@ def json_safe(value):
     return value
 
 
-def make_data(root: Path, cases: int, seed: int, fov_mm: Sequence[float] | None = None) -> Path:
+def make_data(
+    root: Path, cases: int, seed: int, fov_mm: Sequence[float] | None = None, lesions: dict | None = None
+) -> Path:
     """The benchmark's generated studies (``fov_mm``: a field of view other than the generator's whole body; the
-    anatomy is drawn from the seed alone, so the same seed with a smaller field of view cuts the same bodies)."""
+    anatomy is drawn from the seed alone, so the same seed with a smaller field of view cuts the same bodies;
+    ``lesions``: ``SyntheticConfig`` lesion settings other than its defaults, e.g. ``lesion_presence``)."""
     datalist = root / "datalist.json"
     if datalist.exists():  # made before (or a test's smaller copy): reused as it is
         return datalist
@@ -64,7 +67,7 @@ def make_data(root: Path, cases: int, seed: int, fov_mm: Sequence[float] | None 
     return generate_dataset(
         root, cases, seed=seed, domains="mixed", shape=None, spacing=(4.0, 4.0, 4.5), spacing_max=(5.0, 5.0, 6.0),
         orientations=("RAS", "LPS"), n_validation=8, n_test=16,
-        base_config=SyntheticConfig(lesion_radius_mm=LESION_RADIUS_MM), **fov,
+        base_config=SyntheticConfig(lesion_radius_mm=LESION_RADIUS_MM, **(lesions or {})), **fov,
     )  # fmt: skip
 
 

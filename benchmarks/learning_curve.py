@@ -60,9 +60,9 @@ HEADLINE = {
 RESULTS = Path("benchmarks/results")
 
 
-def benchmark_items(data: Path, seed: int, cases: int = 144, fov_mm=None):
+def benchmark_items(data: Path, seed: int, cases: int = 144, fov_mm=None, lesions: dict | None = None):
     label_map = LabelMap.default()
-    return label_map, load_datalist(make_data(data, cases, seed, fov_mm), label_map)
+    return label_map, load_datalist(make_data(data, cases, seed, fov_mm, lesions), label_map)
 
 
 def check_or_write_config(run: Path, config: dict) -> None:
@@ -99,9 +99,12 @@ def train(args) -> int:
         augmentation = replace(DEFAULT_AUGMENTATION, field_of_view_cut=args.field_of_view_cut)
     training = items["training"] + items["unlabeled"]
     if args.extra_studies:  # more generated studies (their own seed, mixed annotation levels) join the training set
-        extra_seed = 1000 + args.data_seed
-        training += extra_training_items(Path(args.data), args.data_seed, args.extra_studies)
+        extra_seed = 1000 + args.data_seed if args.extra_seed is None else args.extra_seed
+        lesions = extra_lesions(args.extra_lesion_presence, args.extra_lesions_per_kind)
+        training += extra_training_items(Path(args.data), args.data_seed, args.extra_studies, extra_seed, lesions)
         config["extra_studies"], config["extra_seed"] = args.extra_studies, extra_seed
+        if lesions:  # only then in the config, so that earlier runs still resume
+            config["extra_lesions"] = lesions
     # The prompt queries' class term: off by default (its ablation: curve_s0_promptcls).
     weights = {**DEFAULT_LOSS_WEIGHTS, "loss_prompt_class": args.prompt_class_weight,
                "loss_prompt_class_aux": args.prompt_class_weight / 2}  # fmt: skip
@@ -129,14 +132,32 @@ def train(args) -> int:
     return 0
 
 
-def extra_training_items(data: Path, data_seed: int, studies: int) -> list[dict]:
-    """The training and unlabeled items of ``studies`` more generated studies (seed 1000 + data seed; 24 more are
-    made for their own validation and test splits, unused). The first extra set (240) kept the folder name
-    ``DATA-extra<SEED>``; a set of another size has its own, ``DATA-extra<SEED>-<N>``, and a folder that holds
-    another number of studies is refused rather than silently reused."""
-    seed = 1000 + data_seed
-    root = Path(f"{data}-extra{seed}" + ("" if studies == 240 else f"-{studies}"))
-    _, extra = benchmark_items(root, seed, studies + 24)
+def extra_lesions(presence: float | None, per_kind: list[int] | None) -> dict:
+    """``SyntheticConfig`` lesion settings of the extra studies other than the benchmark's (empty: the same)."""
+    lesions = {}
+    if presence is not None:
+        lesions["lesion_presence"] = presence
+    if per_kind is not None:
+        lesions["lesions_per_kind"] = tuple(per_kind)
+    return lesions
+
+
+def extra_training_items(
+    data: Path, data_seed: int, studies: int, seed: int | None = None, lesions: dict | None = None
+) -> list[dict]:
+    """The training and unlabeled items of ``studies`` more generated studies (seed 1000 + data seed unless
+    ``seed``; 24 more are made for their own validation and test splits, unused). The first extra set (240) kept
+    the folder name ``DATA-extra<SEED>``; a set of another size has its own, ``DATA-extra<SEED>-<N>``, and one
+    with other lesion settings (``lesions``, e.g. lesion-rich studies: the study-level counterpart of nnU-Net's
+    foreground oversampling, as a training sample here is the whole study) adds them to the name, e.g.
+    ``DATA-extra2000-960-lesion_presence0.7``. A folder that holds another number of studies is refused rather
+    than silently reused."""
+    seed = 1000 + data_seed if seed is None else seed
+    lesions = lesions or {}
+    name = f"{data}-extra{seed}" + ("" if studies == 240 and not lesions else f"-{studies}")
+    name += "".join(f"-{k}{'-'.join(map(str, v)) if isinstance(v, (tuple, list)) else v}" for k, v in lesions.items())
+    root = Path(name)
+    _, extra = benchmark_items(root, seed, studies + 24, lesions=lesions)
     have = sum(len(extra[split]) for split in ("training", "validation", "test", "unlabeled"))
     if have != studies + 24:
         raise SystemExit(f"{root} holds {have} generated studies, not {studies + 24}")
@@ -258,9 +279,9 @@ def _start_of(config: dict) -> tuple[int, float]:
 
 
 def assemble(args) -> int:
-    rows = []
+    rows, configs = [], {}
     for run in map(Path, args.runs):
-        config = json.loads((run / "config.json").read_text())
+        config = configs[run.name] = json.loads((run / "config.json").read_text())
         start_step, start_cpu = _start_of(config)
         history = None
         for path in sorted(run.glob(f"eval_step_*_{args.split}.json")):
@@ -273,8 +294,9 @@ def assemble(args) -> int:
                          "total_steps": start_step + config["total_steps"],
                          **{k: _headline(ev, k) for k in HEADLINE}})  # fmt: skip
     rows.sort(key=lambda r: (r["run"], r["step"]))
+    spread = seed_spread(rows, configs)
     result = {"command": "python -m benchmarks.learning_curve assemble " + " ".join(args.runs), "split": args.split,
-              "headline": {k: "/".join(v) for k, v in HEADLINE.items()}, "rows": rows}  # fmt: skip
+              "headline": {k: "/".join(v) for k, v in HEADLINE.items()}, "rows": rows, "seed_spread": spread}  # fmt: skip
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.results / "learning_curve.json", json_safe(result))
     lines = ["| run | seed | step | CPU min | " + " | ".join(HEADLINE) + " |", "|---" * (4 + len(HEADLINE)) + "|"]
@@ -282,10 +304,52 @@ def assemble(args) -> int:
         cpu = "" if r["cpu_seconds"] is None else f"{r['cpu_seconds'] / 60:.0f}"
         lines.append(f"| {r['run']} | {r['seed']} | {r['step']} | {cpu} | "
                      + " | ".join(f"{r[k]:.3f}" for k in HEADLINE) + " |")  # fmt: skip
+    if spread:
+        lines += ["", "Seeds of one recipe (runs whose settings differ only in the seed): mean ± sd (min-max) at each "
+                  "step that two or more of them reached.", "",
+                  "| runs | step | seeds | " + " | ".join(HEADLINE) + " |", "|---" * (3 + len(HEADLINE)) + "|"]  # fmt: skip
+        for g in spread:
+            cells = [_mean_sd(g["metrics"][k]) for k in HEADLINE]
+            lines.append(f"| {', '.join(g['runs'])} | {g['step']} | {len(g['seeds'])} | " + " | ".join(cells) + " |")
     atomic_write_text(args.results / "learning_curve.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(rows, args.plot)
     return 0
+
+
+# Settings that may differ between the seeds of one recipe (the snapshot steps only choose where it is read).
+_NOT_RECIPE = ("seed", "threads", "machine", "snapshot_steps")
+
+
+def seed_spread(rows: list[dict], configs: dict[str, dict]) -> list[dict]:
+    """Mean, sd, min and max of every headline metric over the seeds of one recipe, at each step that two or more
+    seeds reached. Runs belong to one recipe when their configs are equal but for :data:`_NOT_RECIPE`; a
+    fine-tuning run is its own recipe (its ``init_weights`` differ)."""
+    groups: dict[str, list[str]] = {}
+    for run, config in configs.items():
+        recipe = json.dumps({k: v for k, v in config.items() if k not in _NOT_RECIPE}, sort_keys=True)
+        groups.setdefault(recipe, []).append(run)
+    out = []
+    for runs in groups.values():
+        if len({configs[r]["seed"] for r in runs}) < 2:
+            continue
+        for step in sorted({r["step"] for r in rows if r["run"] in runs}):
+            at = [r for r in rows if r["run"] in runs and r["step"] == step]
+            if len(at) < 2:
+                continue
+            metrics = {}
+            for k in HEADLINE:
+                values = torch.tensor([r[k] for r in at if r[k] == r[k]], dtype=torch.float64)  # NaN: not measured
+                metrics[k] = None if len(values) < 2 else {
+                    "mean": float(values.mean()), "sd": float(values.std()), "min": float(values.min()),
+                    "max": float(values.max()), "n": len(values)}  # fmt: skip
+            out.append({"runs": sorted(r["run"] for r in at), "seeds": sorted(r["seed"] for r in at), "step": step,
+                        "metrics": metrics})  # fmt: skip
+    return out
+
+
+def _mean_sd(m: dict | None) -> str:
+    return "" if m is None else f"{m['mean']:.3f} ± {m['sd']:.3f} ({m['min']:.3f}-{m['max']:.3f})"
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -332,6 +396,20 @@ def main(argv=None) -> int:
         type=int,
         default=0,
         help="this many more generated studies (seed 1000 + data seed, DATA-extra<SEED>) in training",
+    )
+    p.add_argument("--extra-seed", type=int, default=None, help="seed of the extra studies (default 1000 + data seed)")
+    p.add_argument(
+        "--extra-lesion-presence",
+        type=float,
+        default=None,
+        help="probability of each lesion kind in an extra study (default the benchmark's, 0.5)",
+    )
+    p.add_argument(
+        "--extra-lesions-per-kind",
+        type=int,
+        nargs=2,
+        default=None,
+        help="(min, max) lesions of a present kind in an extra study (default the benchmark's, 1 3)",
     )
     p.add_argument("--init-weights", type=Path, default=None, help="start from these weights (fine-tuning)")
     p.add_argument(

@@ -66,3 +66,53 @@ def test_extra_studies_of_another_count_are_not_silently_reused(tmp_path):
                      n_validation=8, n_test=16)  # fmt: skip
     with pytest.raises(SystemExit, match="holds 28 generated studies, not 32"):
         extra_training_items(data, 3, 8)
+
+
+def test_lesion_rich_extra_studies_have_their_own_folder_and_more_lesions(tmp_path, monkeypatch):
+    """Extra studies with other lesion settings never reuse the default set's folder, and the settings reach the
+    generator: at presence 1 every training study with a mask or image labels has both lesion kinds."""
+    import benchmarks.learning_curve as lc
+    from benchmarks.learning_curve import extra_lesions, extra_training_items
+    from unimed_core.data.datalist import load_datalist
+    from unimed_core.synthetic.case import SyntheticConfig
+    from unimed_core.synthetic.dataset import generate_dataset
+
+    assert extra_lesions(None, None) == {}
+    lesions = extra_lesions(1.0, [2, 2])
+    assert lesions == {"lesion_presence": 1.0, "lesions_per_kind": (2, 2)}
+    made = []
+
+    def small_items(root, seed, cases=144, fov_mm=None, lesions=None):  # the benchmark's studies, but tiny
+        made.append(root)
+        config = SyntheticConfig(lesion_radius_mm=(20.0, 30.0), **(lesions or {}))
+        path = generate_dataset(root, cases, seed=seed, domains="mixed", shape=(32, 32, 32), spacing=(12.0, 12.0, 12.0),
+                                n_validation=8, n_test=16, base_config=config)  # fmt: skip
+        return None, load_datalist(path)
+
+    monkeypatch.setattr(lc, "benchmark_items", small_items)
+    items = extra_training_items(tmp_path / "data", 0, 6, seed=2000, lesions=lesions)
+    assert made == [tmp_path / "data-extra2000-6-lesion_presence1.0-lesions_per_kind2-2"]
+    assert len(items) == 6
+    classes = [set(item["class"]) for item in items if "class" in item]
+    assert classes and all(c == {"cyst", "tumor"} for c in classes)
+
+
+def test_seed_spread_pools_the_seeds_of_one_recipe_only():
+    from benchmarks.learning_curve import HEADLINE, seed_spread
+
+    recipe = {"lr": 1e-3, "total_steps": 9600, "threads": 1, "machine": "m"}
+    configs = {"s0": {**recipe, "seed": 0, "snapshot_steps": [300, 600, 3000]}, "s1": {**recipe, "seed": 1},
+               "s2": {**recipe, "seed": 2, "machine": "other"}, "ft": {**recipe, "seed": 0, "init_weights": "x.pt"}}  # fmt: skip
+
+    def row(run, step, dice):
+        return {"run": run, "seed": configs[run]["seed"], "step": step, **{k: float("nan") for k in HEADLINE},
+                "organ Dice": dice}  # fmt: skip
+
+    rows = [row("s0", 300, 0.2), row("s1", 300, 0.4), row("s2", 300, 0.6), row("s0", 3000, 0.8),
+            row("s0", 600, 0.5), row("s1", 600, 0.7), row("ft", 300, 0.9)]  # fmt: skip
+    spread = seed_spread(rows, configs)
+    assert [(g["step"], g["seeds"]) for g in spread] == [(300, [0, 1, 2]), (600, [0, 1])]  # 3000: one seed
+    dice = spread[0]["metrics"]["organ Dice"]
+    assert dice["mean"] == pytest.approx(0.4) and dice["sd"] == pytest.approx(0.2) and dice["n"] == 3
+    assert (dice["min"], dice["max"]) == (0.2, 0.6)
+    assert spread[0]["metrics"]["image AUC"] is None  # not measured
