@@ -100,7 +100,7 @@ def train(args) -> int:
     training = items["training"] + items["unlabeled"]
     if args.extra_studies:  # more generated studies (their own seed, mixed annotation levels) join the training set
         extra_seed = 1000 + args.data_seed if args.extra_seed is None else args.extra_seed
-        lesions = extra_lesions(args.extra_lesion_presence, args.extra_lesions_per_kind)
+        lesions = extra_lesions(args.extra_lesion_presence, args.extra_lesions_per_kind, args.extra_lesion_hosts)
         training += extra_training_items(Path(args.data), args.data_seed, args.extra_studies, extra_seed, lesions)
         config["extra_studies"], config["extra_seed"] = args.extra_studies, extra_seed
         if lesions:  # only then in the config, so that earlier runs still resume
@@ -132,14 +132,27 @@ def train(args) -> int:
     return 0
 
 
-def extra_lesions(presence: float | None, per_kind: list[int] | None) -> dict:
-    """``SyntheticConfig`` lesion settings of the extra studies other than the benchmark's (empty: the same)."""
+def extra_lesions(presence: float | None, per_kind: list[int] | None, hosts: list[str] | None = None) -> dict:
+    """``SyntheticConfig`` lesion settings of the extra studies other than the benchmark's (empty: the same).
+    ``hosts``: ``organ=weight`` strings, the relative frequency of each lesion host organ."""
     lesions = {}
     if presence is not None:
         lesions["lesion_presence"] = presence
     if per_kind is not None:
         lesions["lesions_per_kind"] = tuple(per_kind)
+    if hosts is not None:
+        try:
+            lesions["organ_weights"] = {k: float(v) for k, v in (h.split("=") for h in hosts)}
+        except ValueError as e:
+            raise SystemExit(f"lesion hosts must be organ=weight, got {hosts}") from e
     return lesions
+
+
+def _setting_name(value) -> str:
+    """A lesion setting as a folder-name part: 0.7, 1-4, liver0.4-spleen0.2."""
+    if isinstance(value, dict):
+        return "-".join(f"{k}{v}" for k, v in value.items())
+    return "-".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def extra_training_items(
@@ -155,7 +168,7 @@ def extra_training_items(
     seed = 1000 + data_seed if seed is None else seed
     lesions = lesions or {}
     name = f"{data}-extra{seed}" + ("" if studies == 240 and not lesions else f"-{studies}")
-    name += "".join(f"-{k}{'-'.join(map(str, v)) if isinstance(v, (tuple, list)) else v}" for k, v in lesions.items())
+    name += "".join(f"-{k}{_setting_name(v)}" for k, v in lesions.items())
     root = Path(name)
     _, extra = benchmark_items(root, seed, studies + 24, lesions=lesions)
     have = sum(len(extra[split]) for split in ("training", "validation", "test", "unlabeled"))
@@ -410,6 +423,14 @@ def main(argv=None) -> int:
         nargs=2,
         default=None,
         help="(min, max) lesions of a present kind in an extra study (default the benchmark's, 1 3)",
+    )
+    p.add_argument(
+        "--extra-lesion-hosts",
+        nargs="+",
+        default=None,
+        metavar="ORGAN=WEIGHT",
+        help="relative frequency of each lesion host organ in the extra studies (default the generator's: "
+        "liver=0.65 spleen=0.1 kidney_left=0.125 kidney_right=0.125)",
     )
     p.add_argument("--init-weights", type=Path, default=None, help="start from these weights (fine-tuning)")
     p.add_argument(

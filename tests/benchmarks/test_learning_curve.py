@@ -80,6 +80,10 @@ def test_lesion_rich_extra_studies_have_their_own_folder_and_more_lesions(tmp_pa
     assert extra_lesions(None, None) == {}
     lesions = extra_lesions(1.0, [2, 2])
     assert lesions == {"lesion_presence": 1.0, "lesions_per_kind": (2, 2)}
+    hosts = extra_lesions(None, None, ["liver=0.5", "kidney_left=0.5"])
+    assert hosts == {"organ_weights": {"liver": 0.5, "kidney_left": 0.5}}
+    with pytest.raises(SystemExit, match="organ=weight"):
+        extra_lesions(None, None, ["liver"])
     made = []
 
     def small_items(root, seed, cases=144, fov_mm=None, lesions=None):  # the benchmark's studies, but tiny
@@ -91,7 +95,9 @@ def test_lesion_rich_extra_studies_have_their_own_folder_and_more_lesions(tmp_pa
 
     monkeypatch.setattr(lc, "benchmark_items", small_items)
     items = extra_training_items(tmp_path / "data", 0, 6, seed=2000, lesions=lesions)
-    assert made == [tmp_path / "data-extra2000-6-lesion_presence1.0-lesions_per_kind2-2"]
+    extra_training_items(tmp_path / "data", 0, 6, seed=2000, lesions=hosts)
+    assert made == [tmp_path / "data-extra2000-6-lesion_presence1.0-lesions_per_kind2-2",
+                    tmp_path / "data-extra2000-6-organ_weightsliver0.5-kidney_left0.5"]  # fmt: skip
     assert len(items) == 6
     classes = [set(item["class"]) for item in items if "class" in item]
     assert classes and all(c == {"cyst", "tumor"} for c in classes)
