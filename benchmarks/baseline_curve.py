@@ -177,9 +177,10 @@ def plot(rows: list[dict], unimed_rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # UniMed's columns in learning_curve.json for each panel (both lesion paths where it has two)
+    # UniMed's columns in learning_curve.json for each panel (each lesion path it has: the score map is the shipped)
     panels = {"organ Dice": ["organ Dice"],
-              "lesion mAP@0.1": ["lesion mAP@0.1 (label volume)", "lesion mAP@0.1 (queries)"],
+              "lesion mAP@0.1": ["lesion mAP@0.1 (score map)", "lesion mAP@0.1 (label volume)",
+                                 "lesion mAP@0.1 (queries)"],
               "image AUC": ["image AUC"]}  # fmt: skip
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), constrained_layout=True)
     for ax, (name, unimed_names) in zip(axes, panels.items()):

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.learning import LESION_RADIUS_MM, PATCH, SPACING, json_safe, make_data
+from benchmarks.report import format_spread
 from unimed_core.data.atomic import atomic_write_json, atomic_write_text
 from unimed_core.data.augmentation import DEFAULT_AUGMENTATION
 from unimed_core.data.datalist import load_datalist
@@ -322,7 +323,7 @@ def assemble(args) -> int:
                   "step that two or more of them reached.", "",
                   "| runs | step | seeds | " + " | ".join(HEADLINE) + " |", "|---" * (3 + len(HEADLINE)) + "|"]  # fmt: skip
         for g in spread:
-            cells = [_mean_sd(g["metrics"][k]) for k in HEADLINE]
+            cells = [format_spread(g["metrics"][k]) for k in HEADLINE]
             lines.append(f"| {', '.join(g['runs'])} | {g['step']} | {len(g['seeds'])} | " + " | ".join(cells) + " |")
     atomic_write_text(args.results / "learning_curve.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -359,10 +360,6 @@ def seed_spread(rows: list[dict], configs: dict[str, dict]) -> list[dict]:
             out.append({"runs": sorted(r["run"] for r in at), "seeds": sorted(r["seed"] for r in at), "step": step,
                         "metrics": metrics})  # fmt: skip
     return out
-
-
-def _mean_sd(m: dict | None) -> str:
-    return "" if m is None else f"{m['mean']:.3f} ± {m['sd']:.3f} ({m['min']:.3f}-{m['max']:.3f})"
 
 
 def _plot(rows: list[dict], path: Path) -> None:

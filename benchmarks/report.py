@@ -22,7 +22,7 @@ from pathlib import Path
 
 from unimed_core.data.atomic import atomic_write_text
 
-__all__ = ["build_report", "verdict", "curve_comparison", "main"]
+__all__ = ["build_report", "verdict", "curve_comparison", "format_spread", "main"]
 
 QUALITY_KEYS = ("dice/liver", "dice/spleen", "dice/kidney_left", "dice/kidney_right", "dice/cyst", "dice/tumor",
                 "dice/all_mean", "hd95/liver", "hd95/spleen", "hd95/kidney_left", "hd95/kidney_right",
@@ -113,9 +113,10 @@ def _learning_headline(learning: dict | None, baselines: dict[str, dict]) -> dic
 
 
 # The learning curve: a baseline's metric (baseline_curve.json), UniMed's column for it (learning_curve.json) and the
-# metric's name in the verdict (so that its rules, e.g. an AUC at chance, apply).
+# metric's name in the verdict (so that its rules, e.g. an AUC at chance, apply). UniMed's lesions: the shipped rule
+# (each lesion class's score map), so snapshots evaluated before that rule existed are not compared.
 CURVE_METRICS = {"segmentation": ("organ Dice", "organ Dice", "dice/organs_mean"),
-                 "detection": ("lesion mAP@0.1", "lesion mAP@0.1 (label volume)", "mAP@0.10"),
+                 "detection": ("lesion mAP@0.1", "lesion mAP@0.1 (score map)", "mAP@0.10"),
                  "classification": ("image AUC", "image AUC", "AUC")}  # fmt: skip
 
 
@@ -160,6 +161,31 @@ def _curve(curve: dict, unimed: dict | None, figure: str | None) -> list[str]:
         rows.append([r["model"], r["step"], cpu, name, r.get(name), detail, "; ".join(at) or "n/a"])
     lines += _table(["baseline", "step", "CPU min", "metric", "value", "detail", "UniMed at this step"], rows)
     return lines + [""]
+
+
+def _unimed_curve(curve: dict, figure: str | None) -> list[str]:
+    """UniMed's learning curve: the seeds' spread at each budget they share (the runs, one row a snapshot, are in
+    ``benchmarks/results/learning_curve.md``)."""
+    lines = ["## UniMed's learning curve", "",
+             "`benchmarks/learning_curve.py`: resumable runs read from their saved snapshots, each scored on the 16 "
+             "held-out test studies (lesions: the bundle's rule, each lesion class's score map >= 0.2); every row "
+             "in `benchmarks/results/learning_curve.md`.", ""]  # fmt: skip
+    if figure:
+        lines += [f"![UniMed learning curve]({figure})", ""]
+    spread = curve.get("seed_spread") or []
+    if spread:
+        names = ("organ Dice", "lesion mAP@0.1 (score map)", "image AUC", "click Dice")
+        lines += ["Seeds of one recipe (runs that differ only in the seed): mean ± sd (min-max) at each step two or "
+                  "more of them reached.", ""]  # fmt: skip
+        rows = [[", ".join(g["runs"]), g["step"], len(g["seeds"]),
+                 *(format_spread(g["metrics"].get(n)) for n in names)] for g in spread]  # fmt: skip
+        lines += _table(["runs", "step", "seeds", *names], rows)
+    return lines + [""]
+
+
+def format_spread(m: dict | None) -> str:
+    """``mean ± sd (min-max)`` of a seed spread (``learning_curve.seed_spread``); n/a when not measured."""
+    return "n/a" if m is None else f"{m['mean']:.3f} ± {m['sd']:.3f} ({m['min']:.3f}-{m['max']:.3f})"
 
 
 def _component_threshold(ct: dict) -> list[str]:
@@ -413,6 +439,9 @@ def build_report(results: Path, out: Path, plots: bool = True) -> str:
         lines += _quality(quality)
     if learning and baselines:
         lines += _learning_scale(learning, baselines)
+    if unimed_curve:
+        figure = out.parent / "figures" / "learning_curve.png"
+        lines += _unimed_curve(unimed_curve, f"figures/{figure.name}" if figure.is_file() else None)
     if curve:
         figure = out.parent / "figures" / "learning_curve_baselines.png"
         lines += _curve(curve, unimed_curve, f"figures/{figure.name}" if figure.is_file() else None)

@@ -108,3 +108,15 @@ def test_report_shows_the_component_threshold_choice(tmp_path):
     text = build_report(tmp_path, tmp_path / "b.md", plots=False)
     assert "chosen: **score >= 0.2**" in text and "`d3a4c1f7…`" in text
     assert "| test | label volume | 0.090 |" in text and "| test | score >= 0.2 | 0.240 |" in text
+
+
+def test_report_shows_the_seeds_spread_of_unimeds_curve(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    spread = {"runs": ["curve_s0", "curve_s1", "curve_s2"], "seeds": [0, 1, 2], "step": 600,
+              "metrics": {"organ Dice": {"mean": 0.65, "sd": 0.05, "min": 0.6, "max": 0.7, "n": 3},
+                          "lesion mAP@0.1 (score map)": None}}  # fmt: skip
+    _write(results, "learning_curve", {"rows": [], "seed_spread": [spread]})
+    text = build_report(results, tmp_path / "benchmarks.md", plots=False)
+    assert "## UniMed's learning curve" in text
+    assert "| curve_s0, curve_s1, curve_s2 | 600 | 3 | 0.650 ± 0.050 (0.600-0.700) | n/a | n/a | n/a |" in text
