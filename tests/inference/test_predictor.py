@@ -352,3 +352,21 @@ def test_a_box_larger_than_the_window_is_checked_from_the_windows_first_voxel(mo
     prepared = predictor.prepare(volume)
     box = voxel_to_world_boxes(np.array([[0.0, 0.0, 0.0, 32.0, 32.0, 32.0]]), prepared.affine)[0]
     assert predictor.segment_box(volume, box, prepared=prepared).sum() > 0
+
+
+def test_class_scores_stay_probabilities_where_several_queries_claim_one_class(model):
+    """Two latent queries sure of the same class over the same voxels: Mask2Former's sum would give 2 there; the
+    scores (which also score the lesion detections) stay in [0, 1]."""
+    from types import SimpleNamespace
+
+    from unimed_core.model.outputs import QueryLayout
+
+    classes = len(LM.class_names)
+    class_logits = torch.full((1, 3, classes + 1), -10.0)
+    class_logits[0, :2, 0] = 10.0  # both latent queries: class 0, sure
+    out = SimpleNamespace(layout=QueryLayout(num_latent=2, num_prompt=0), class_logits=class_logits,
+                          mask_logits=torch.full((1, 3, 4, 4, 4), 10.0))  # fmt: skip
+    class_masks = torch.full((1, classes, 4, 4, 4), 10.0)
+    for source in ("queries", "both"):
+        scores = _predictor(model, semantic_source=source)._semantic_scores(out, class_masks)
+        assert float(scores.max()) <= 1.0 and float(scores[0, 0].min()) > 0.99

@@ -41,8 +41,9 @@ BOX_SOURCES = ("tokens", "masks")
 # Mask logit of the working grid outside a prompt's window: background, and finite so that trilinear interpolation
 # near the window's edge blends to it instead of giving NaN.
 OUTSIDE_LOGIT = -20.0
-# Score a lesion's region must reach to be a detection on the "segmentation" path (benchmarks/component_threshold.py)
-COMPONENT_THRESHOLD = 0.2
+# Score a lesion's region must reach to be a detection on the "segmentation" path, chosen for the shipped weights by
+# benchmarks/component_threshold.py (bundle 0.4.0: 0.3; 0.2 for bundles 0.2.0 and 0.3.0)
+COMPONENT_THRESHOLD = 0.3
 COORDINATES = "world millimetres, RAS (as NIfTI and Slicer), MONAI box mode XYZXYZ (corner)"
 
 
@@ -97,7 +98,8 @@ class UniMedPredictor:
         component_threshold: on the "segmentation" path, a box class's components are the regions where its own
             score is at least this, so that a lesion still found where an organ outscores it (the label volume
             draws the organ there) is reported, with its lower score; None: the label volume's components.
-            0.2 was chosen on 24 tuning studies of the learning benchmark (``benchmarks/component_threshold.py``).
+            0.3 was chosen for the shipped weights on 24 tuning studies of the learning benchmark
+            (``benchmarks/component_threshold.py``).
         box_source: on the decomposed path, where a query's box comes from: "tokens" (its box tokens) or "masks"
             (the extent of its mask above ``mask_threshold``, its box tokens when the mask is empty).
         semantic_source: where the label volume's per-class scores come from: "queries" (Mask2Former's
@@ -258,7 +260,9 @@ class UniMedPredictor:
             latent = out.layout.latent
             cls = out.class_logits[:, latent].float().softmax(-1)[..., self._mask_classes]  # (B, N, K)
             masks = out.mask_logits[:, latent].float().sigmoid()  # (B, N, D', H', W')
-            parts.append(torch.einsum("bnk,bndhw->bkdhw", cls, masks))
+            # Mask2Former's sum over queries exceeds 1 where several queries claim one class; it only needs the
+            # argmax, but these scores are also the lesion detections' scores (probabilities, as users read them)
+            parts.append(torch.einsum("bnk,bndhw->bkdhw", cls, masks).clamp_(max=1.0))
         if self.semantic_source in ("class_tokens", "both"):
             parts.append(class_masks[:, self._mask_classes].float().sigmoid())
         size = max((p.shape[2:] for p in parts), key=lambda shape: shape.numel())
