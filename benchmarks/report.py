@@ -168,8 +168,8 @@ def _unimed_curve(curve: dict, figure: str | None) -> list[str]:
     ``benchmarks/results/learning_curve.md``)."""
     lines = ["## UniMed's learning curve", "",
              "`benchmarks/learning_curve.py`: resumable runs read from their saved snapshots, each scored on the 16 "
-             "held-out test studies (lesions: the bundle's rule, each lesion class's score map >= 0.2); every row "
-             "in `benchmarks/results/learning_curve.md`.", ""]  # fmt: skip
+             "held-out test studies (lesions: each lesion class's score map >= 0.2, the curve's fixed rule); every "
+             "row in `benchmarks/results/learning_curve.md`.", ""]  # fmt: skip
     if figure:
         lines += [f"![UniMed learning curve]({figure})", ""]
     spread = curve.get("seed_spread") or []
