@@ -177,7 +177,7 @@ def plot(rows: list[dict], unimed_rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # UniMed's columns in learning_curve.json for each panel (each lesion path it has: the score map is the shipped)
+    # UniMed's columns in learning_curve.json for each panel (each lesion path it has, the score map first)
     panels = {"organ Dice": ["organ Dice"],
               "lesion mAP@0.1": ["lesion mAP@0.1 (score map)", "lesion mAP@0.1 (label volume)",
                                  "lesion mAP@0.1 (queries)"],

@@ -70,13 +70,22 @@ def benchmark_items(data: Path, seed: int, cases: int = 144, fov_mm=None, lesion
     return label_map, load_datalist(make_data(data, cases, seed, fov_mm, lesions), label_map)
 
 
+# Settings of the machine a piece ran on: a run may resume on another machine or thread count.
+_MACHINE = ("threads", "machine")
+
+
+def extra_seed_of(data_seed: int) -> int:
+    """The default seed of the extra generated studies of a run on ``data_seed``'s data."""
+    return 1000 + data_seed
+
+
 def check_or_write_config(run: Path, config: dict) -> None:
     """Write a new run's settings to ``run/config.json``; a resumed run must have the same ones (the machine and
     thread count may differ), else it stops rather than continue another run's checkpoint."""
     config_path = run / "config.json"
     if config_path.exists():
         before = json.loads(config_path.read_text())
-        changed = {k: (before.get(k), v) for k, v in config.items() if k not in ("threads", "machine")
+        changed = {k: (before.get(k), v) for k, v in config.items() if k not in _MACHINE
                    and json.loads(json.dumps(before.get(k))) != json.loads(json.dumps(v))}  # fmt: skip
         if changed:
             raise SystemExit(f"{run}: this run was started with other settings, not resuming: {changed}")
@@ -104,7 +113,7 @@ def train(args) -> int:
         augmentation = replace(DEFAULT_AUGMENTATION, field_of_view_cut=args.field_of_view_cut)
     training = items["training"] + items["unlabeled"]
     if args.extra_studies:  # more generated studies (their own seed, mixed annotation levels) join the training set
-        extra_seed = 1000 + args.data_seed if args.extra_seed is None else args.extra_seed
+        extra_seed = extra_seed_of(args.data_seed) if args.extra_seed is None else args.extra_seed
         lesions = extra_lesions(args.extra_lesion_presence, args.extra_lesions_per_kind, args.extra_lesion_hosts)
         training += extra_training_items(Path(args.data), args.data_seed, args.extra_studies, extra_seed, lesions)
         config["extra_studies"], config["extra_seed"] = args.extra_studies, extra_seed
@@ -170,7 +179,7 @@ def extra_training_items(
     foreground oversampling, as a training sample here is the whole study) adds them to the name, e.g.
     ``DATA-extra2000-960-lesion_presence0.7``. A folder that holds another number of studies is refused rather
     than silently reused."""
-    seed = 1000 + data_seed if seed is None else seed
+    seed = extra_seed_of(data_seed) if seed is None else seed
     lesions = lesions or {}
     name = f"{data}-extra{seed}" + ("" if studies == 240 and not lesions else f"-{studies}")
     name += "".join(f"-{k}{_setting_name(v)}" for k, v in lesions.items())
@@ -336,7 +345,7 @@ def assemble(args) -> int:
 
 
 # Settings that may differ between the seeds of one recipe (the snapshot steps only choose where it is read).
-_NOT_RECIPE = ("seed", "threads", "machine", "snapshot_steps")
+_NOT_RECIPE = ("seed", "snapshot_steps", *_MACHINE)
 
 
 def seed_spread(rows: list[dict], configs: dict[str, dict]) -> list[dict]:

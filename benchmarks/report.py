@@ -113,8 +113,8 @@ def _learning_headline(learning: dict | None, baselines: dict[str, dict]) -> dic
 
 
 # The learning curve: a baseline's metric (baseline_curve.json), UniMed's column for it (learning_curve.json) and the
-# metric's name in the verdict (so that its rules, e.g. an AUC at chance, apply). UniMed's lesions: the shipped rule
-# (each lesion class's score map), so snapshots evaluated before that rule existed are not compared.
+# metric's name in the verdict (so that its rules, e.g. an AUC at chance, apply). UniMed's lesions: the curve's
+# score-map rule (each lesion class's score map), so snapshots evaluated before that rule existed are not compared.
 CURVE_METRICS = {"segmentation": ("organ Dice", "organ Dice", "dice/organs_mean"),
                  "detection": ("lesion mAP@0.1", "lesion mAP@0.1 (score map)", "mAP@0.10"),
                  "classification": ("image AUC", "image AUC", "AUC")}  # fmt: skip
