@@ -97,7 +97,9 @@ def train(args) -> int:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     label_map, items = benchmark_items(args.data, args.data_seed)
-    model = _model(label_map, not args.coarse_class_masks, args.fine_refine_units)
+    architecture = {"fine_class_masks": not args.coarse_class_masks, "fine_refine_units": args.fine_refine_units,
+                    "dense_class_head": args.dense_class_head}  # fmt: skip
+    model = _model(label_map, architecture)
     config = {"seed": args.seed, "fine_class_masks": not args.coarse_class_masks, "total_steps": args.total_steps, "snapshot_steps": list(args.snapshot_steps),
               "lr": args.lr, "batch_size": 2, "spacing": SPACING, "patch": PATCH, "data": str(args.data),
               "data_seed": args.data_seed, "lesion_radius_mm": LESION_RADIUS_MM,
@@ -107,6 +109,8 @@ def train(args) -> int:
         config["class_mask_pos_weight"] = objective_options["class_mask_pos_weight"] = args.class_mask_pos_weight
     if args.fine_refine_units:  # only then in the config, so that earlier runs still resume
         config["fine_refine_units"] = args.fine_refine_units
+    if args.dense_class_head:  # only then in the config, so that earlier runs still resume
+        config["dense_class_head"] = True
     augmentation = DEFAULT_AUGMENTATION
     if args.field_of_view_cut:  # only then in the config (and in the draws), so that earlier runs still resume
         config["field_of_view_cut"] = args.field_of_view_cut
@@ -125,8 +129,8 @@ def train(args) -> int:
     if args.prompt_class_weight:  # only then in the config, so that the runs from before the term still resume
         config["prompt_class_weight"] = args.prompt_class_weight
     if args.init_weights is not None:  # a fine-tuning run: these weights, a fresh optimiser and schedule
-        # The refinement units start as identities: weights trained without them continue.
-        load_weights(model, args.init_weights, missing_ok=("fine_class_head.refine",))
+        # The refinement units and the dense class head start as identities: weights trained without them continue.
+        load_weights(model, args.init_weights, missing_ok=("fine_class_head.refine", "dense_class_head"))
         config["init_weights"], config["init_sha256"] = str(args.init_weights), sha256_of(args.init_weights)
     check_or_write_config(run, config)
     start = time.monotonic()
@@ -191,30 +195,30 @@ def extra_training_items(
     return extra["training"] + extra["unlabeled"]
 
 
-def _model(label_map: LabelMap, fine_class_masks: bool = True, fine_refine_units: int = 0):
-    model = unimed_small(label_map, fine_refine_units=fine_refine_units)
-    if not fine_class_masks:  # the ablation: class-token masks on the grid of E, as before FineClassHead
+def _model(label_map: LabelMap, architecture: dict | None = None):
+    """``unimed_small`` as a run's config (``architecture``) built it: its keys ``fine_class_masks``,
+    ``fine_refine_units`` and ``dense_class_head``, each absent from the configs of the runs from before it."""
+    architecture = architecture or {}
+    model = unimed_small(label_map, fine_refine_units=architecture.get("fine_refine_units", 0),
+                         dense_class_head=architecture.get("dense_class_head", False))  # fmt: skip
+    if not architecture.get("fine_class_masks", True):  # the ablation: class-token masks on E's grid, as before
         model.fine_class_head = None
     return model
 
 
-def benchmark_predictor(
-    weights: Path, label_map: LabelMap, fine_class_masks: bool = True, fine_refine_units: int = 0
-) -> UniMedPredictor:
+def benchmark_predictor(weights: Path, label_map: LabelMap, architecture: dict | None = None) -> UniMedPredictor:
     """The benchmark's predictor for ``weights``: the bundle's grid, window and label-volume scores, and a low
     score threshold so that mAP sees the whole ranking (torch seeded: the evaluation is repeatable)."""
-    model = _model(label_map, fine_class_masks, fine_refine_units)
+    model = _model(label_map, architecture)
     load_weights(model, weights)
     torch.manual_seed(0)
     return UniMedPredictor(model, label_map, spacing=SPACING, roi_size=PATCH, score_threshold=0.05,
                            semantic_source="both")  # fmt: skip
 
 
-def evaluate_weights(
-    weights: Path, items: list[dict], label_map: LabelMap, fine_class_masks: bool = True, fine_refine_units: int = 0
-) -> dict:
+def evaluate_weights(weights: Path, items: list[dict], label_map: LabelMap, architecture: dict | None = None) -> dict:
     """Headline metrics of ``weights`` on ``items``, with the bundle's predictor settings."""
-    predictor = benchmark_predictor(weights, label_map, fine_class_masks, fine_refine_units)
+    predictor = benchmark_predictor(weights, label_map, architecture)
     results = {}
     results["label_volume"], _ = evaluate(predictor, items, label_map)
     predictor.detection_path = "segmentation"
@@ -251,8 +255,7 @@ def evaluate_run(args) -> int:
             continue
         step = _snapshot_step(path)
         start = time.monotonic()
-        results = evaluate_weights(path, items[args.split], label_map, config.get("fine_class_masks", True),
-                                   config.get("fine_refine_units", 0))  # fmt: skip
+        results = evaluate_weights(path, items[args.split], label_map, config)
         cpu = _cpu_seconds_at(history, step)
         atomic_write_json(out, json_safe({"step": step, "cpu_seconds": cpu, "split": args.split, "weights": str(path),
                                           "data_seed": config["data_seed"] if args.fresh_seed is None else args.fresh_seed,
@@ -448,6 +451,11 @@ def main(argv=None) -> int:
         type=int,
         default=0,
         help="residual units of the class masks' head at the working grid (FineClassHead.refine_units)",
+    )
+    p.add_argument(
+        "--dense-class-head",
+        action="store_true",
+        help="add per-voxel class logits from E and the image to the class masks (DenseClassHead)",
     )
     p.add_argument(
         "--field-of-view-cut",

@@ -115,10 +115,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--per-lesion", action="store_true", help="also each lesion's fit, by kind and host")
     parser.add_argument("--fine-refine-units", type=int, default=0, help="the weights' FineClassHead.refine_units")
+    parser.add_argument("--dense-class-head", action="store_true", help="the weights have a DenseClassHead")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     label_map, items = benchmark_items(args.data, args.data_seed)
-    model = load_weights(_model(label_map, True, args.fine_refine_units), args.weights)
+    architecture = {"fine_refine_units": args.fine_refine_units, "dense_class_head": args.dense_class_head}
+    model = load_weights(_model(label_map, architecture), args.weights)
     results = {}
     for split in args.split or ["test"]:
         labelled = [i for i in items[split] if i.get("label")][: args.limit]

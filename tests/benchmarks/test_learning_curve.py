@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from benchmarks.learning_curve import _cpu_seconds_at, _start_of, main, run_history
+from benchmarks.learning_curve import _cpu_seconds_at, _model, _start_of, main, run_history
 from unimed_core.data.atomic import atomic_write_text
+from unimed_core.label_map import LabelMap
 from unimed_core.model.weights import sha256_of
 
 
@@ -122,3 +123,12 @@ def test_seed_spread_pools_the_seeds_of_one_recipe_only():
     assert dice["mean"] == pytest.approx(0.4) and dice["sd"] == pytest.approx(0.2) and dice["n"] == 3
     assert (dice["min"], dice["max"]) == (0.2, 0.6)
     assert spread[0]["metrics"]["image AUC"] is None  # not measured
+
+
+def test_a_runs_config_rebuilds_its_architecture_and_older_configs_the_old_one():
+    label_map = LabelMap.default()
+    old = _model(label_map, {"seed": 0, "fine_class_masks": True})  # a config from before the head
+    assert old.dense_class_head is None and old.fine_class_head is not None
+    new = _model(label_map, {"fine_class_masks": True, "dense_class_head": True, "fine_refine_units": 1})
+    assert new.dense_class_head is not None and len(new.fine_class_head.refine) == 1
+    assert _model(label_map, {"fine_class_masks": False}).fine_class_head is None

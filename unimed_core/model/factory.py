@@ -11,6 +11,7 @@ from __future__ import annotations
 from unimed_core.label_map import LabelMap
 from unimed_core.model.composed_decoder import ComposedDecoder
 from unimed_core.model.decomposed_decoder import DecomposedDecoder
+from unimed_core.model.dense_class_head import DenseClassHead
 from unimed_core.model.encoder import ConvEncoder3D, SwinEncoder3D
 from unimed_core.model.fine_class_head import FineClassHead
 from unimed_core.model.image_evidence import ImageEvidence
@@ -36,6 +37,7 @@ def build_unimed(
     image_evidence: bool = True,
     fine_class_masks: bool = True,
     fine_refine_units: int = 0,
+    dense_class_head: bool = False,
 ) -> UniMed:
     """Assemble a UniMed around ``encoder`` with matching pixel decoder, decoders, prompt encoder and heads.
 
@@ -53,6 +55,8 @@ def build_unimed(
         image_evidence: image labels also read the class tokens' masks (``ImageEvidence``).
         fine_class_masks: the class tokens' masks are refined to the input grid (``FineClassHead``).
         fine_refine_units: residual units of that head at the input grid (``FineClassHead.refine_units``).
+        dense_class_head: per-voxel class logits from ``E`` and the image are added to those masks
+            (``DenseClassHead``).
     """
     pixel_decoder = PixelDecoder3D(encoder.out_channels, encoder.strides, embed_dim, output_stride=output_stride)
     return UniMed(
@@ -83,11 +87,18 @@ def build_unimed(
         fine_class_head=(
             FineClassHead(embed_dim, encoder.in_channels, refine_units=fine_refine_units) if fine_class_masks else None
         ),
+        dense_class_head=(
+            DenseClassHead(embed_dim, len(vocab.class_names), encoder.in_channels) if dense_class_head else None
+        ),
     )
 
 
 def unimed_small(
-    label_map: LabelMap | None = None, num_bins: int = 128, num_latent_queries: int = 16, fine_refine_units: int = 0
+    label_map: LabelMap | None = None,
+    num_bins: int = 128,
+    num_latent_queries: int = 16,
+    fine_refine_units: int = 0,
+    dense_class_head: bool = False,
 ) -> UniMed:
     """The CPU variant: ``ConvEncoder3D`` (16, 32, 64, 128), two residual units per stage, d = 64, 3 + 2 layers,
     4 heads.
@@ -97,6 +108,7 @@ def unimed_small(
         num_bins: coordinate bins per axis.
         num_latent_queries: N latent queries.
         fine_refine_units: residual units of the class masks' head at the input grid.
+        dense_class_head: per-voxel class logits added to the class masks (``DenseClassHead``).
 
     Example:
         >>> model = unimed_small()
@@ -113,6 +125,7 @@ def unimed_small(
         num_composed_layers=2,
         num_latent_queries=num_latent_queries,
         fine_refine_units=fine_refine_units,
+        dense_class_head=dense_class_head,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from monai.networks.utils import pixelshuffle
 from torch import nn
 
@@ -73,6 +74,8 @@ class UniMed(nn.Module):
             (:class:`~unimed_core.model.image_evidence.ImageEvidence`), or None for the image query alone.
         fine_class_head: refines the class tokens' masks to the input grid
             (:class:`~unimed_core.model.fine_class_head.FineClassHead`), or None to keep them on ``E``'s grid.
+        dense_class_head: per-voxel class logits added to the class tokens' masks on the input grid
+            (:class:`~unimed_core.model.dense_class_head.DenseClassHead`), or None.
 
     Example:
         >>> from unimed_core.model.factory import unimed_small
@@ -94,6 +97,7 @@ class UniMed(nn.Module):
         reconstruction_head: nn.Module | None = None,
         image_evidence: nn.Module | None = None,
         fine_class_head: nn.Module | None = None,
+        dense_class_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         require_positive_ints(embed_dim=embed_dim)
@@ -133,6 +137,7 @@ class UniMed(nn.Module):
         self.reconstruction_head = reconstruction_head
         self.image_evidence = image_evidence
         self.fine_class_head = fine_class_head
+        self.dense_class_head = dense_class_head
         self.vocab = vocab
         self.embed_dim = embed_dim
         self.token_embedding = nn.Embedding(vocab.size, embed_dim)
@@ -207,7 +212,8 @@ class UniMed(nn.Module):
 
     def class_masks(self, embeddings: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, D', H', W') mask logits of every class token (no decoder layers: the token itself as query);
-        (B, C, D, H, W), on the grid of ``image``, when the model has a ``fine_class_head`` and ``image`` is given.
+        (B, C, D, H, W), on the grid of ``image``, when the model has a ``fine_class_head`` or a ``dense_class_head``
+        and ``image`` is given (the latter's per-voxel logits added).
 
         Trained against each class's semantic mask wherever a sample has masks, this dense term teaches ``E`` and
         the shared class embeddings to separate the classes voxel by voxel from the first steps, which the
@@ -216,9 +222,15 @@ class UniMed(nn.Module):
         b = embeddings.shape[0]
         class_embed = self.token_embedding(self.class_token_ids).expand(b, -1, -1)
         coarse = self.decomposed_decoder.masks_from_hidden(class_embed, embeddings)
-        if self.fine_class_head is None or image is None:
+        if image is None or (self.fine_class_head is None and self.dense_class_head is None):
             return coarse
-        return self.fine_class_head(coarse, class_embed, embeddings, image)
+        if self.fine_class_head is None:
+            masks = F.interpolate(coarse, size=image.shape[2:], mode="trilinear", align_corners=False)
+        else:
+            masks = self.fine_class_head(coarse, class_embed, embeddings, image)
+        if self.dense_class_head is not None:
+            masks = masks + self.dense_class_head(embeddings, image)
+        return masks
 
     def _memory_mask(self, decomposed: DecomposedOutput, prompts: PromptBatch | None) -> torch.Tensor | None:
         """(B, Q) bool memory mask hiding absent prompt queries from the composed decoder, or None."""
