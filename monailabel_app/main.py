@@ -12,6 +12,7 @@ bundle's ``configs/metadata.json``. See ``docs/monailabel.md``.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import HTTPException
@@ -38,7 +39,8 @@ class UniMedApp(MONAILabelApp):
     """The UniMed MONAI Label app (MONAI Label finds it as the ``MONAILabelApp`` subclass of ``main.py``)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
-        self.label_map = LabelMap.from_metadata(BUNDLE_DIR / "configs" / "metadata.json")
+        metadata = BUNDLE_DIR / "configs" / "metadata.json"
+        self.label_map = LabelMap.from_metadata(metadata)
         conf = conf or {}
         # e.g. --conf score_threshold 0.1: how sure a detection must be to be returned
         predictor_kwargs = {"score_threshold": float(conf["score_threshold"])} if "score_threshold" in conf else {}
@@ -49,7 +51,7 @@ class UniMedApp(MONAILabelApp):
             conf=conf,
             name="UniMed",
             description="One 3D model for classification, detection and segmentation, at any annotation level",
-            version="0.1.0",
+            version=json.loads(metadata.read_text())["version"],  # the model's: what an annotator's results came from
         )
 
     def init_datastore(self):

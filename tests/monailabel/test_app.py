@@ -21,7 +21,7 @@ from unimed_core.data.image_io import read_image
 from unimed_core.evaluation import interior_point
 from unimed_core.inference.familiarity import FamiliarityReference
 from unimed_core.label_map import LabelMap
-from unimed_core.paths import DEFAULT_WEIGHTS
+from unimed_core.paths import BUNDLE_DIR, DEFAULT_WEIGHTS
 
 LABEL_MAP = LabelMap.default()
 
@@ -57,6 +57,7 @@ def test_info_lists_models_with_labels_from_metadata(server):
     assert {"unimed_uncertainty", "random"} <= set(info["strategies"])
     assert "unimed_uncertainty" in info["scoring"]
     assert info["weights"]["sha256"] == server.weights.with_name(server.weights.name + ".sha256").read_text().split()[0]
+    assert info["version"] == json.loads((BUNDLE_DIR / "configs" / "metadata.json").read_text())["version"]
 
 
 def test_segmentation_gives_label_volume_boxes_and_probabilities(server):
