@@ -22,7 +22,7 @@ from pathlib import Path
 
 from unimed_core.data.atomic import atomic_write_text
 
-__all__ = ["build_report", "verdict", "curve_comparison", "format_spread", "main"]
+__all__ = ["build_report", "verdict", "curve_comparison", "curve_comparison_by_cpu", "format_spread", "main"]
 
 QUALITY_KEYS = ("dice/liver", "dice/spleen", "dice/kidney_left", "dice/kidney_right", "dice/cyst", "dice/tumor",
                 "dice/all_mean", "hd95/liver", "hd95/spleen", "hd95/kidney_left", "hd95/kidney_right",
@@ -120,8 +120,8 @@ CURVE_METRICS = {"segmentation": ("organ Dice", "organ Dice", "dice/organs_mean"
                  "classification": ("image AUC", "image AUC", "AUC")}  # fmt: skip
 
 
-def curve_comparison(curve: dict | None, unimed: dict | None) -> list[tuple[int, dict]]:
-    """(step, headline) for every step where a baseline and a UniMed run both have a snapshot evaluated."""
+def curve_comparison(curve: dict | None, unimed: dict | None) -> list[tuple[str, dict]]:
+    """("step N", headline) for every step where a baseline and a UniMed run both have a snapshot evaluated."""
     if not curve or not unimed:
         return []
     out = []
@@ -133,7 +133,34 @@ def curve_comparison(curve: dict | None, unimed: dict | None) -> list[tuple[int,
                 headline[f"{b['task']}, {b['model']} vs UniMed {u['run']}"] = {
                     "metric": metric, "unimed": u[column], "baseline": b.get(name)}  # fmt: skip
         if headline:
-            out.append((step, headline))
+            out.append((f"step {step}", headline))
+    return out
+
+
+def curve_comparison_by_cpu(curve: dict | None, unimed: dict | None) -> list[tuple[str, dict]]:
+    """("N CPU-min", headline) for every baseline snapshot with a CPU time: UniMed's latest snapshot of each run that
+    had used no more CPU time (a fine-tuning run's time includes its parents'), or None where no run had one yet.
+
+    Equal steps are not equal work: a SegResNet step on a 64³ patch costs about three of UniMed's on this machine,
+    so the same-step comparison alone favours the baseline."""
+    if not curve or not unimed:
+        return []
+    out = []
+    for b in sorted((r for r in curve["rows"] if r.get("cpu_seconds")), key=lambda r: r["cpu_seconds"]):
+        name, column, metric = CURVE_METRICS[b["task"]]
+        latest: dict[str, dict] = {}
+        for u in unimed["rows"]:
+            if u.get(column) is not None and u.get("cpu_seconds") and u["cpu_seconds"] <= b["cpu_seconds"]:
+                if u["run"] not in latest or u["cpu_seconds"] > latest[u["run"]]["cpu_seconds"]:
+                    latest[u["run"]] = u
+        budget = f"{b['cpu_seconds'] / 60:.1f} CPU-min"
+        headline = {f"{b['task']}, {b['model']} step {b['step']} vs UniMed {u['run']} step {u['step']}": {
+                        "metric": metric, "unimed": u[column], "baseline": b.get(name)}
+                    for u in latest.values()}  # fmt: skip
+        if not headline:
+            headline[f"{b['task']}, {b['model']} step {b['step']} vs UniMed (no snapshot yet)"] = {
+                "metric": metric, "unimed": None, "baseline": b.get(name)}  # fmt: skip
+        out.append((f"equal CPU time, {budget}", headline))
     return out
 
 
@@ -303,7 +330,9 @@ def verdict(
     """Plain sentences: where UniMed wins, where it loses, by how much (from the numbers alone).
 
     Results of a smoke mode (:data:`SMOKE_MODES`) are named as left out, not judged. ``curve_headlines``: (step,
-    headline) pairs of the learning curve, UniMed against each baseline at the same step (:func:`curve_comparison`).
+    headline) pairs of the learning curve, UniMed against each baseline at the same step (:func:`curve_comparison`)
+    or within the same CPU time (:func:`curve_comparison_by_cpu`); a pair without UniMed's value is listed as not
+    measured.
     """
     wins, losses, neutral, even = [], [], [], []
     smoke = [f"{what} ({q['mode']} mode)" for what, q in (("quality", quality), ("claims", claims))
@@ -313,9 +342,12 @@ def verdict(
     headlines = [(f", {quality['mode']} mode" if "mode" in quality else "", quality["headline"])] if quality else []
     if learning_headline:
         headlines.append((", learning benchmark", learning_headline))
-    for scale, headline in headlines + [(f", learning curve at step {step}", h) for step, h in curve_headlines or []]:
+    unmeasured = []
+    for scale, headline in headlines + [(f", learning curve at {at}", h) for at, h in curve_headlines or []]:
         for task, h in headline.items():
             u, b = h["unimed"], h["baseline"]
+            if u is None and b is not None:
+                unmeasured.append(f"{task} ({h['metric']}{scale}): baseline {b:.3f}, UniMed not measured")
             if u is None or b is None:
                 continue
             text = f"{task} ({h['metric']}{scale}): UniMed {u:.3f} vs baseline {b:.3f} ({u - b:+.3f})"
@@ -366,6 +398,8 @@ def verdict(
         lines += [f"- {x}" for x in even]
     if neutral:
         lines += ["", "Zero-shot transfer, as measured:", ""] + [f"- {x}" for x in neutral]
+    if unmeasured:
+        lines += ["", "Not compared (no UniMed measurement at that budget):", ""] + [f"- {x}" for x in unmeasured]
     if smoke:
         lines += ["", "Not judged (a smoke run of the machinery, not a comparison): " + ", ".join(smoke) + "."]
     return lines + [""]
@@ -459,7 +493,7 @@ def build_report(results: Path, out: Path, plots: bool = True) -> str:
         speed,
         _learning_headline(learning, baselines),
         learning_claims,
-        curve_comparison(curve, unimed_curve),
+        curve_comparison(curve, unimed_curve) + curve_comparison_by_cpu(curve, unimed_curve),
     )
     text = "\n".join(lines)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ def test_train_evaluate_assemble_a_baseline_curve(tmp_path):
     # the report sets each snapshot beside UniMed's at the same step, and judges the gap in the verdict
     (results / "learning_curve.json").write_text(unimed.read_text())
     pairs = curve_comparison(curve, json.loads(unimed.read_text()))
-    assert [step for step, _ in pairs] == [2]
+    assert [at for at, _ in pairs] == ["step 2"]
     text = build_report(results, tmp_path / "docs" / "benchmarks.md", plots=False)
     assert "## Learning curve: MONAI's baselines trained with their own recipes" in text
     assert "![learning curve](figures/learning_curve_baselines.png)" in text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.report import build_report
+from benchmarks.report import build_report, curve_comparison_by_cpu, verdict
 
 
 def _write(folder, name, data):
@@ -120,3 +120,23 @@ def test_report_shows_the_seeds_spread_of_unimeds_curve(tmp_path):
     text = build_report(results, tmp_path / "benchmarks.md", plots=False)
     assert "## UniMed's learning curve" in text
     assert "| curve_s0, curve_s1, curve_s2 | 600 | 3 | 0.650 ± 0.050 (0.600-0.700) | n/a | n/a | n/a |" in text
+
+
+def test_curve_is_also_compared_at_equal_cpu_time_with_unimeds_latest_snapshot_within_it():
+    curve = {"rows": [{"task": "segmentation", "model": "segresnet", "step": s, "cpu_seconds": c, "organ Dice": d}
+                      for s, c, d in ((10, 30.0, 0.1), (150, 120.0, 0.6), (300, 1200.0, 0.7))]}  # fmt: skip
+    unimed = {"rows": [{"run": "a", "step": s, "cpu_seconds": c, "organ Dice": d}
+                       for s, c, d in ((300, 60.0, 0.3), (600, 110.0, 0.5), (2400, 600.0, 0.8))]
+              + [{"run": "b", "step": 300, "cpu_seconds": 5000.0, "organ Dice": 0.9}]}  # fmt: skip
+    pairs = dict(curve_comparison_by_cpu(curve, unimed))
+    assert list(pairs) == ["equal CPU time, 0.5 CPU-min", "equal CPU time, 2.0 CPU-min", "equal CPU time, 20.0 CPU-min"]
+    assert [h["unimed"] for h in pairs["equal CPU time, 2.0 CPU-min"].values()] == [0.5]  # not step 2400's 0.8
+    assert [h["unimed"] for h in pairs["equal CPU time, 20.0 CPU-min"].values()] == [0.8]  # run b is over budget
+    text = "\n".join(verdict(None, None, None, curve_headlines=list(pairs.items())))
+    assert (
+        "segmentation, segresnet step 300 vs UniMed a step 2400 (dice/organs_mean, learning curve at equal CPU "
+        "time, 20.0 CPU-min): UniMed 0.800 vs baseline 0.700" in text
+    )
+    assert "segresnet step 150 vs UniMed a step 600" in text.split("UniMed loses")[1]  # 0.5 against 0.6: a loss
+    assert "Not compared (no UniMed measurement at that budget)" in text
+    assert "segresnet step 10 vs UniMed (no snapshot yet)" in text
