@@ -111,6 +111,9 @@ def train(args) -> int:
         config["fine_refine_units"] = args.fine_refine_units
     if args.dense_class_head:  # only then in the config, so that earlier runs still resume
         config["dense_class_head"] = True
+    lr_scale = dict(args.lr_scale or [])
+    if lr_scale:  # only then in the config, so that earlier runs still resume
+        config["lr_scale"] = lr_scale
     augmentation = DEFAULT_AUGMENTATION
     if args.field_of_view_cut:  # only then in the config (and in the draws), so that earlier runs still resume
         config["field_of_view_cut"] = args.field_of_view_cut
@@ -139,7 +142,7 @@ def train(args) -> int:
         lr=args.lr, max_steps=args.total_steps, seed=args.seed, log_every=25, checkpoint=run / "checkpoint.pt",
         checkpoint_every_s=args.checkpoint_every_min * 60, stop_after_s=args.stop_after_min * 60,
         snapshot_steps=args.snapshot_steps, snapshot_dir=run, objective_options=objective_options, weights=weights,
-        augmentation=augmentation,
+        augmentation=augmentation, lr_scale=lr_scale,
     )  # fmt: skip
     atomic_write_json(run / "history.json", json_safe(history))
     last = history[-1] if history else {}
@@ -164,6 +167,18 @@ def extra_lesions(presence: float | None, per_kind: list[int] | None, hosts: lis
         except ValueError as e:
             raise SystemExit(f"lesion hosts must be organ=weight, got {hosts}") from e
     return lesions
+
+
+def _prefix_scale(text: str) -> tuple[str, float]:
+    """``"PREFIX=SCALE"`` → (prefix, scale) (argparse type)."""
+    prefix, sep, scale = text.partition("=")
+    try:
+        value = float(scale)
+    except ValueError:
+        value = float("nan")
+    if not sep or not prefix or not value > 0:
+        raise argparse.ArgumentTypeError(f"expected PREFIX=SCALE with SCALE > 0, got {text!r}")
+    return prefix, value
 
 
 def _setting_name(value) -> str:
@@ -456,6 +471,15 @@ def main(argv=None) -> int:
         "--dense-class-head",
         action="store_true",
         help="add per-voxel class logits from E and the image to the class masks (DenseClassHead)",
+    )
+    p.add_argument(
+        "--lr-scale",
+        nargs="+",
+        type=_prefix_scale,
+        default=None,
+        metavar="PREFIX=SCALE",
+        help="train the parameters whose names start with PREFIX at SCALE times --lr (e.g. dense_class_head=10: a "
+        "head added to trained weights)",
     )
     p.add_argument(
         "--field-of-view-cut",

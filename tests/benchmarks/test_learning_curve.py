@@ -3,12 +3,13 @@ refusal to call a run's own data seed "fresh"."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 import torch
 
-from benchmarks.learning_curve import _cpu_seconds_at, _model, _start_of, main, run_history
+from benchmarks.learning_curve import _cpu_seconds_at, _model, _prefix_scale, _start_of, main, run_history
 from unimed_core.data.atomic import atomic_write_text
 from unimed_core.label_map import LabelMap
 from unimed_core.model.weights import sha256_of
@@ -132,3 +133,10 @@ def test_a_runs_config_rebuilds_its_architecture_and_older_configs_the_old_one()
     new = _model(label_map, {"fine_class_masks": True, "dense_class_head": True, "fine_refine_units": 1})
     assert new.dense_class_head is not None and len(new.fine_class_head.refine) == 1
     assert _model(label_map, {"fine_class_masks": False}).fine_class_head is None
+
+
+def test_lr_scale_is_read_as_prefix_and_positive_scale():
+    assert _prefix_scale("dense_class_head=10") == ("dense_class_head", 10.0)
+    for bad in ("dense_class_head", "=3", "head=0", "head=x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _prefix_scale(bad)

@@ -13,7 +13,14 @@ from unimed_core.data.datalist import load_datalist
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_tiny
 from unimed_core.synthetic.dataset import generate_dataset
-from unimed_core.training.fit import TimeBudget, build_objective, build_train_loader, build_trainer, fit
+from unimed_core.training.fit import (
+    TimeBudget,
+    build_objective,
+    build_train_loader,
+    build_trainer,
+    fit,
+    parameter_groups,
+)
 
 LM = LabelMap.default()
 FAST = dict(patch_size=(32, 32, 32), spacing=(10.0, 10.0, 10.0), batch_size=2, log_every=1)
@@ -140,3 +147,23 @@ def test_objective_options_reach_the_objective(items):
     assert masked[0]["loss_class_mask_bce"] != masked[1]["loss_class_mask_bce"]
     with pytest.raises(ValueError, match="class_mask_pos_weight"):
         fit(tiny_model(), items, LM, max_steps=1, objective_options={"class_mask_pos_weight": 0.5}, **FAST)
+
+
+def test_lr_scale_trains_a_named_head_faster_and_refuses_a_prefix_that_names_nothing(items):
+    groups = parameter_groups(unimed_tiny(LM), 1e-3, {"fine_class_head": 10.0})
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2]
+    assert all(n.startswith("fine_class_head") for n, _ in _named(unimed_tiny(LM), groups[1]["params"]))
+    with pytest.raises(ValueError, match="name no parameter"):
+        parameter_groups(unimed_tiny(LM), 1e-3, {"fine_clas_head": 10.0})
+    model = unimed_tiny(LM)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, items, LM, max_steps=2, lr=1e-3, lr_scale={"fine_class_head": 10.0}, **FAST)
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters()}
+    # AdamW moves every trained weight by about the rate at each step: the head's ten times as far
+    assert max(v for n, v in moved.items() if n.startswith("fine_class_head")) > 5e-3
+    assert max(v for n, v in moved.items() if n.startswith("encoder")) < 5e-3
+
+
+def _named(model, params):
+    ids = {id(p) for p in params}
+    return [(n, p) for n, p in model.named_parameters() if id(p) in ids]

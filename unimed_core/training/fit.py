@@ -65,6 +65,7 @@ __all__ = [
     "build_train_loader",
     "build_trainer",
     "fit",
+    "parameter_groups",
     "TimeBudget",
 ]
 
@@ -186,6 +187,24 @@ def build_trainer(
     return trainer
 
 
+def parameter_groups(model: torch.nn.Module, lr: float, lr_scale: Mapping[str, float] | None = None) -> list[dict]:
+    """The optimiser's parameter groups: one at ``lr``, and one per prefix of ``lr_scale`` at ``lr`` times its
+    scale (a prefix that names no parameter is an error: a typo would otherwise train at the wrong rate silently).
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        >>> [(len(g["params"]), g["lr"]) for g in parameter_groups(net, 1e-3, {"1.": 10.0})]
+        [(2, 0.001), (2, 0.01)]
+    """
+    scales = dict(lr_scale or {})
+    groups: dict[str, list] = {"": []} | {prefix: [] for prefix in scales}
+    for name, param in model.named_parameters():
+        groups[next((p for p in scales if name.startswith(p)), "")].append(param)
+    if unused := [p for p in scales if not groups[p]]:
+        raise ValueError(f"lr_scale prefixes {unused} name no parameter of the model")
+    return [{"params": params, "lr": lr * scales.get(prefix, 1.0)} for prefix, params in groups.items() if params]
+
+
 def fit(
     model: torch.nn.Module,
     items: Sequence[dict],
@@ -212,6 +231,7 @@ def fit(
     stop_after_s: float | None = None,
     snapshot_steps: Sequence[int] = (),
     snapshot_dir: str | Path | None = None,
+    lr_scale: Mapping[str, float] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place; returns the logged history (step, seconds, loss terms).
 
@@ -224,6 +244,8 @@ def fit(
     also saved at these steps as ``snapshot_dir/step_<N>.pt`` (sha256 beside), for a learning curve read from them.
     The history's ``seconds`` and ``cpu_seconds`` count from the run's first step, across resumptions.
     ``objective_options``: keyword arguments of :func:`build_objective` (``class_mask_pos_weight``, ...).
+    ``lr_scale``: parameter-name prefix → multiple of ``lr`` (the first prefix that matches): a head added to trained
+    weights starts from zero and, at a fine-tuning rate, moves too slowly to learn within the run.
     """
     if snapshot_steps and snapshot_dir is None:
         raise ValueError("snapshot_steps need a snapshot_dir")
@@ -233,7 +255,7 @@ def fit(
     loader = build_train_loader(
         items, model, label_map, patch_size, spacing, batch_size, num_workers, seed, augmentation=augmentation
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr, lr_scale), lr=lr, weight_decay=weight_decay)
     warmup = max(1, max_steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
