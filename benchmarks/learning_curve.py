@@ -105,6 +105,8 @@ def train(args) -> int:
               "data_seed": args.data_seed, "lesion_radius_mm": LESION_RADIUS_MM,
               "threads": torch.get_num_threads(), "machine": platform.platform()}  # fmt: skip
     objective_options = {}
+    if args.lesion_balanced_bce:  # only then in the config, so that earlier runs still resume
+        config["lesion_balanced_bce"] = objective_options["lesion_balanced_bce"] = True
     if args.class_mask_pos_weight is not None:  # only then in the config, so that earlier runs still resume
         config["class_mask_pos_weight"] = objective_options["class_mask_pos_weight"] = args.class_mask_pos_weight
     if args.fine_refine_units:  # only then in the config, so that earlier runs still resume
@@ -471,6 +473,11 @@ def main(argv=None) -> int:
         "--dense-class-head",
         action="store_true",
         help="add per-voxel class logits from E and the image to the class masks (DenseClassHead)",
+    )
+    p.add_argument(
+        "--lesion-balanced-bce",
+        action="store_true",
+        help="add the lesion classes' balanced BCE to the class masks' losses (JointObjective.lesion_balanced_bce)",
     )
     p.add_argument(
         "--lr-scale",

@@ -195,6 +195,26 @@ def test_class_mask_dice_skips_absent_classes_and_bce_does_not():
     assert worse["loss_class_mask_bce"] > base["loss_class_mask_bce"] + 1.0
 
 
+def test_lesion_balanced_bce_weighs_a_lesions_voxels_as_much_as_the_rest():
+    """Off by default; on, one term over the lesion classes present (tumour and cyst here), not the organs: a lesion
+    mask that misses its few voxels costs half the term, as much as one that claims every other voxel."""
+    images, targets = _mixed_batch()
+    perfect, _ = _perfect_class_mask_logits(images, targets)
+    assert "loss_class_mask_balanced" not in _objective()._class_mask_terms(perfect, targets[:1], None)
+    objective = _objective(lesion_balanced_bce=True)
+    assert objective._class_mask_terms(perfect, targets[:1], None)["loss_class_mask_balanced"] < 1e-6
+    missed = perfect.clone()
+    missed[:, TUMOR] = -20.0  # the tumour's voxels missed: its foreground half is 20, the mean over 2 lesions 5
+    claims = perfect.clone()
+    claims[:, TUMOR] = 20.0  # every voxel claimed: the background half is 20
+    liver = perfect.clone()
+    liver[:, LIVER] = -20.0  # organs are not in the term
+    terms = [objective._class_mask_terms(x, targets[:1], None)["loss_class_mask_balanced"].item()
+             for x in (missed, claims, liver)]  # fmt: skip
+    assert terms[0] == pytest.approx(5.0, rel=0.01) and terms[1] == pytest.approx(5.0, rel=0.01)
+    assert terms[2] < 1e-6
+
+
 def test_prompt_masks_are_taught_at_every_decoder_layer():
     """The masked attention reads each layer's mask: the first prompt mask must be taught too (deep supervision),
     or it can keep a prompt from ever attending to its object."""

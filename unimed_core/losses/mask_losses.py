@@ -31,6 +31,7 @@ __all__ = [
     "point_sample",
     "uncertain_point_coords",
     "sigmoid_bce_loss",
+    "balanced_bce_loss",
     "dice_loss",
     "pairwise_sigmoid_bce",
     "pairwise_dice",
@@ -187,6 +188,31 @@ def sigmoid_bce_loss(
         pos_weight = ratio.clamp(1.0, max_pos_weight).detach()
     loss = F.binary_cross_entropy_with_logits(logits, t, reduction="none", pos_weight=pos_weight)
     return loss.mean(1).sum() / num_masks
+
+
+def balanced_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over masks of ``(BCE over the foreground + BCE over the background) / 2``, each a mean over its voxels
+    (soft targets weigh each voxel by ``t`` and ``1 - t``).
+
+    A lesion is 1e-4 to 1e-3 of a study's voxels: the foreground weight of ``sigmoid_bce_loss`` is capped (organs
+    swell without the cap), so there the few lesion voxels stay outweighed by the many that are not, and a lesion
+    kind whose voxels look like common tissue is never learned (tumours: voxel AP at the share of tumour voxels
+    after 20 000 steps). Balanced, the two halves weigh alike, as in a probe trained on as many voxels of each.
+
+    Args:
+        logits: (M, P) logits of masks whose targets are not empty.
+        targets: (M, P) targets in [0, 1].
+
+    Example:
+        >>> t = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+        >>> round(float(balanced_bce_loss(torch.tensor([[0.0, -9.0, -9.0, -9.0]]), t)), 3)  # log(2) / 2
+        0.347
+    """
+    t = targets.to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    fg = (loss * t).sum(1) / t.sum(1).clamp(min=1e-6)
+    bg = (loss * (1 - t)).sum(1) / (1 - t).sum(1).clamp(min=1e-6)
+    return ((fg + bg) / 2).mean()
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float | torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ term                            computed from
 ``loss_sequence``               next-token CE of the composed decoder
 ``loss_sequence_mask_bce/dice`` masks decoded at MASK tokens against their class's semantic mask
 ``loss_class_mask_bce/dice``    every class token's mask against its class's semantic mask (samples with masks)
+``loss_class_mask_balanced``    lesion classes present in a masked sample, foreground and background alike
+                                (only with ``lesion_balanced_bce``)
 ``loss_mvm``                    masked volume modelling, every volume (only when its weight is > 0)
 ==============================  ==========================================================================
 
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unimed_core.label_map import LabelMap
-from unimed_core.losses.mask_losses import dice_loss, sigmoid_bce_loss
+from unimed_core.losses.mask_losses import balanced_bce_loss, dice_loss, sigmoid_bce_loss
 from unimed_core.losses.mvm import mvm_loss, random_volume_mask
 from unimed_core.losses.sequence_loss import sequence_loss, sequence_mask_targets
 from unimed_core.losses.set_criterion import SetCriterion, image_loss
@@ -69,6 +71,8 @@ class JointObjective:
         mvm_kind: ``"mse"`` or ``"smooth_l1"``.
         class_mask_pos_weight: largest foreground weight of the class-token masks' BCE (see ``sigmoid_bce_loss``);
             1 weighs foreground and background alike.
+        lesion_balanced_bce: adds ``loss_class_mask_balanced``: for each lesion class (box class) present in a
+            masked sample, the mean BCE of its mask over the lesion's voxels plus that over the others, halved.
 
     Example:
         >>> objective = JointObjective(criterion, tokenizer, {"mvm": 0.5, "sequence": 0.5})  # doctest: +SKIP
@@ -89,6 +93,7 @@ class JointObjective:
         prompt_probs: tuple[float, float, float] = (0.25, 0.5, 0.25),
         mvm_kind: str = "mse",
         class_mask_pos_weight: float = 1.0,
+        lesion_balanced_bce: bool = False,
     ) -> None:
         if not isinstance(criterion, SetCriterion):
             raise ValueError(f"criterion must be a SetCriterion, got {type(criterion).__name__}")
@@ -127,6 +132,7 @@ class JointObjective:
         if not class_mask_pos_weight >= 1.0:
             raise ValueError(f"class_mask_pos_weight must be >= 1, got {class_mask_pos_weight!r}")
         self.class_mask_pos_weight = float(class_mask_pos_weight)
+        self.lesion_balanced_bce = bool(lesion_balanced_bce)
 
     def weight(self, name: str) -> float:
         """Weight of term ``name``: its own key, else (an aux term) its group's ``_aux`` key, else its group's
@@ -178,10 +184,17 @@ class JointObjective:
         p, t = self.criterion.mask_sampler.for_loss(pred, tgt, generator)
         n = float(pred.shape[0])
         present = t.sum(1) > 0
-        return {
+        terms = {
             "loss_class_mask_bce": sigmoid_bce_loss(p, t, n, self.class_mask_pos_weight),
             "loss_class_mask_dice": dice_loss(p[present], t[present], max(1.0, float(present.sum()))),
         }
+        if self.lesion_balanced_bce:
+            lesion = torch.zeros(logits.shape[1], dtype=torch.bool)
+            lesion[self.label_map.box_class_indices()] = True
+            rows_lesion = present & lesion.repeat(len(rows)).to(present.device)
+            if bool(rows_lesion.any()):
+                terms["loss_class_mask_balanced"] = balanced_bce_loss(p[rows_lesion], t[rows_lesion])
+        return terms
 
     def _prompt_mask_terms(
         self, dec, prompt_masks: torch.Tensor, prompt_valid: torch.Tensor, generator: torch.Generator | None
