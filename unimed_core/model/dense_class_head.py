@@ -49,18 +49,20 @@ def local_statistics(image: torch.Tensor, radii: Sequence[int]) -> torch.Tensor:
 
 
 class DenseClassHead(nn.Module):
-    """``up(out(GELU(conv(GELU(norm(context(E) + local(stats(pool(image)))))))))``: C logits per voxel of ``E``'s
-    grid, from ``E`` and the image's statistics on that grid, upsampled to the image's grid.
+    """``up(out(GELU(conv(GELU(norm(context(E) + local(pool(stats(image)))))))))``: C logits per cell of ``E``'s
+    grid, from ``E`` and the image's local statistics (on the image's grid, averaged over each cell), upsampled to
+    the image's grid.
 
-    On ``E``'s grid (12 mm in the CPU model), not the image's: there it costs a tenth of the training step instead
-    of as much again (measured at 64³, width 32), and ``FineClassHead`` still draws the edges on the image's grid.
+    The MLP runs on ``E``'s grid (12 mm in the CPU model), not the image's: there it costs a fraction of the
+    training step instead of as much again (measured at 64³, width 32), and ``FineClassHead`` still draws the
+    edges on the image's grid.
 
     Args:
         embed_dim: d, the width of ``E``.
         num_classes: C, the class tokens.
         in_channels: image channels.
         width: hidden channels.
-        radii: radii (voxels of ``E``'s grid) of the local statistics.
+        radii: radii (voxels of the image's grid) of the local statistics.
         norm: MONAI normalisation spec (group norm: batch-size independent).
 
     Example:
@@ -99,7 +101,22 @@ class DenseClassHead(nn.Module):
             raise ValueError(
                 f"image must be (B={embeddings.shape[0]}, {self.in_channels}, D, H, W), got {tuple(image.shape)}"
             )
-        pooled = F.adaptive_avg_pool3d(image.to(embeddings.dtype), embeddings.shape[2:])  # the voxels each cell covers
-        x = self.context(embeddings) + self.local(local_statistics(pooled, self.radii))
-        logits = self.out(self.hidden(self.act(x)))
-        return F.interpolate(logits, size=image.shape[2:], mode="trilinear", align_corners=False)
+        return F.interpolate(self.on_embedding_grid(embeddings, image), size=image.shape[2:], mode="trilinear",
+                             align_corners=False)  # fmt: skip
+
+    def on_embedding_grid(self, embeddings: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, D', H', W') logits on ``E``'s grid, before the upsampling."""
+        return self.from_image_features(embeddings, self.image_features(image, embeddings.shape[2:]))
+
+    def image_features(self, image: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        """The image's local statistics on its own grid, averaged over each cell of ``E``'s ``grid``: a tumour's
+        heterogeneity is a texture of a few millimetres, which statistics of the image pooled to 12 mm first lose
+        (the head fitted that way reached a tumour voxel AP of 0.06 on the test studies, against 0.37 for the probe
+        on the image's grid)."""
+        with torch.no_grad():  # fixed filters of the input
+            return F.adaptive_avg_pool3d(local_statistics(image.float(), self.radii), grid)
+
+    def from_image_features(self, embeddings: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, D', H', W') logits from ``E`` and :meth:`image_features` on its grid."""
+        x = self.context(embeddings) + self.local(features.to(embeddings.dtype))
+        return self.out(self.hidden(self.act(x)))
