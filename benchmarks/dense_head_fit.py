@@ -34,6 +34,7 @@ from benchmarks.lesion_voxel_ap import voxel_ap
 from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.training_data import crop_case_at, load_case
 from unimed_core.losses.mask_losses import balanced_bce_loss
+from unimed_core.model.dense_class_head import DenseClassHead
 from unimed_core.model.weights import load_weights, save_weights, sha256_of
 
 __all__ = ["frozen_features", "fit_head"]
@@ -116,6 +117,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=int, default=None, help="the head's hidden width (default the factory's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
     if args.extra_studies:
         training = training + extra_training_items(args.data, args.data_seed, args.extra_studies, args.extra_seed)
     model = _model(label_map, {"dense_class_head": True})
+    if args.width is not None:  # an experiment: weights that the factory's model does not load
+        model.dense_class_head = DenseClassHead(model.embed_dim, len(label_map.class_names), width=args.width)
     load_weights(model, args.init, missing_ok=("dense_class_head",))
     test = [i for i in items["test"] if i.get("label")]
     before = voxel_ap(model, test, label_map)
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
     save_weights(model, args.out)
     report = {"init": str(args.init), "init_sha256": sha256_of(args.init), "weights": str(args.out),
               "sha256": sha256_of(args.out), "studies": len(features), "epochs": args.epochs, "lr": args.lr,
-              "seed": args.seed, "cpu_seconds": round(time.process_time() - start, 1), "loss_per_epoch": losses,
+              "seed": args.seed, "width": model.dense_class_head.out.in_channels, "cpu_seconds": round(time.process_time() - start, 1), "loss_per_epoch": losses,
               "voxel_ap_test_before": before, "voxel_ap_test_after": after}  # fmt: skip
     atomic_write_json(args.out.with_suffix(".json"), report)
     print(f"{len(features)} studies, loss {losses[0]:.3f} -> {losses[-1]:.3f}; test voxel AP "
