@@ -214,8 +214,10 @@ def extra_training_items(
 
 def _model(label_map: LabelMap, architecture: dict | None = None):
     """``unimed_small`` as a run's config (``architecture``) built it: its keys ``fine_class_masks``,
-    ``fine_refine_units`` and ``dense_class_head``, each absent from the configs of the runs from before it."""
-    architecture = architecture or {}
+    ``fine_refine_units`` and ``dense_class_head``, each absent from the configs of the runs from before it (and
+    then off); without ``architecture``, the factory's model (the bundle's)."""
+    if architecture is None:
+        return unimed_small(label_map)
     model = unimed_small(label_map, fine_refine_units=architecture.get("fine_refine_units", 0),
                          dense_class_head=architecture.get("dense_class_head", False))  # fmt: skip
     if not architecture.get("fine_class_masks", True):  # the ablation: class-token masks on E's grid, as before

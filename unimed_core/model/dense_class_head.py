@@ -63,7 +63,8 @@ class DenseClassHead(nn.Module):
         in_channels: image channels.
         width: hidden channels.
         radii: radii (voxels of the image's grid) of the local statistics.
-        norm: MONAI normalisation spec (group norm: batch-size independent).
+        norm: MONAI normalisation spec after the first layer, or None (the default: a per-voxel MLP, which
+            ``benchmarks/dense_head_fit.py`` can fit on sampled voxels; a group norm's statistics are per volume).
 
     Example:
         >>> head = DenseClassHead(16, 3, width=8)
@@ -77,9 +78,9 @@ class DenseClassHead(nn.Module):
         embed_dim: int,
         num_classes: int,
         in_channels: int = 1,
-        width: int = 32,
+        width: int = 64,
         radii: Sequence[int] = (1, 2, 3),
-        norm: str | tuple = ("group", {"num_groups": 8}),
+        norm: str | tuple | None = None,
     ) -> None:
         super().__init__()
         require_positive_ints(embed_dim=embed_dim, num_classes=num_classes, in_channels=in_channels, width=width)
