@@ -32,9 +32,8 @@ import torch.nn.functional as F
 
 from benchmarks.learning import PATCH, SPACING
 from benchmarks.learning_curve import _model, benchmark_items, extra_training_items
-from benchmarks.lesion_voxel_ap import voxel_ap
+from benchmarks.lesion_voxel_ap import centred_patches, voxel_ap
 from unimed_core.data.atomic import atomic_write_json
-from unimed_core.data.training_data import crop_case_at, load_case
 from unimed_core.model.dense_class_head import DenseClassHead
 from unimed_core.model.weights import load_weights, save_weights, sha256_of
 
@@ -58,10 +57,7 @@ def frozen_features(model, items: list[dict], label_map, patch=PATCH, spacing=SP
     head, model.dense_class_head = model.dense_class_head, None  # the class masks without the head
     out = []
     try:
-        for item in (i for i in items if i.get("label")):
-            case = load_case(item, label_map, spacing)
-            window = [((s - p) // 2, (s - p) // 2 + p) for s, p in zip(case.image.shape[1:], patch)]
-            crop = crop_case_at(case, patch, window)
+        for _, crop in centred_patches(items, label_map, patch, spacing):
             image = crop.image[None]
             with torch.no_grad():
                 embeddings, _ = model.encode(image)

@@ -97,9 +97,6 @@ def train(args) -> int:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     label_map, items = benchmark_items(args.data, args.data_seed)
-    architecture = {"fine_class_masks": not args.coarse_class_masks, "fine_refine_units": args.fine_refine_units,
-                    "dense_class_head": args.dense_class_head}  # fmt: skip
-    model = _model(label_map, architecture)
     config = {"seed": args.seed, "fine_class_masks": not args.coarse_class_masks, "total_steps": args.total_steps, "snapshot_steps": list(args.snapshot_steps),
               "lr": args.lr, "batch_size": 2, "spacing": SPACING, "patch": PATCH, "data": str(args.data),
               "data_seed": args.data_seed, "lesion_radius_mm": LESION_RADIUS_MM,
@@ -133,6 +130,7 @@ def train(args) -> int:
                "loss_prompt_class_aux": args.prompt_class_weight / 2}  # fmt: skip
     if args.prompt_class_weight:  # only then in the config, so that the runs from before the term still resume
         config["prompt_class_weight"] = args.prompt_class_weight
+    model = _model(label_map, config)  # the architecture as the config records it, as evaluate_run rebuilds it
     if args.init_weights is not None:  # a fine-tuning run: these weights, a fresh optimiser and schedule
         # The refinement units and the dense class head start as identities: weights trained without them continue.
         load_weights(model, args.init_weights, missing_ok=("fine_class_head.refine", "dense_class_head"))

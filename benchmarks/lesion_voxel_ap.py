@@ -29,16 +29,21 @@ from unimed_core.data.atomic import atomic_write_json
 from unimed_core.data.training_data import crop_case_at, load_case
 from unimed_core.model.weights import load_weights
 
-__all__ = ["lesion_fit", "voxel_ap"]
+__all__ = ["centred_patches", "lesion_fit", "voxel_ap"]
+
+
+def centred_patches(items: list[dict], label_map, patch, spacing):
+    """(item, the case cropped to its centred ``patch``) of each labelled item, on the working grid."""
+    for item in (i for i in items if i.get("label")):
+        case = load_case(item, label_map, spacing)
+        window = [((s - p) // 2, (s - p) // 2 + p) for s, p in zip(case.image.shape[1:], patch)]
+        yield item, crop_case_at(case, patch, window)
 
 
 def _class_masks_of(model, items: list[dict], label_map, patch, spacing):
     """(semantic label, class-mask logits) of each labelled item's centred patch."""
     model.eval()
-    for item in (i for i in items if i.get("label")):
-        case = load_case(item, label_map, spacing)
-        window = [((s - p) // 2, (s - p) // 2 + p) for s, p in zip(case.image.shape[1:], patch)]
-        crop = crop_case_at(case, patch, window)
+    for item, crop in centred_patches(items, label_map, patch, spacing):
         with torch.no_grad():
             embeddings, levels = model.encode(crop.image[None])
             _, class_masks = model.decode_with_class_masks(embeddings, levels, image=crop.image[None])

@@ -190,10 +190,9 @@ def sigmoid_bce_loss(
     return loss.mean(1).sum() / num_masks
 
 
-def balanced_bce_loss(logits: torch.Tensor, targets: torch.Tensor, hard: torch.Tensor | None = None) -> torch.Tensor:
+def balanced_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean over masks of ``(BCE over the foreground + BCE over the background) / 2``, each a mean over its voxels
-    (soft targets weigh each voxel by ``t`` and ``1 - t``). With ``hard`` (M, P) in [0, 1], the background's half
-    is itself split: the mean over the ``hard`` voxels and the mean over the others, a quarter each.
+    (soft targets weigh each voxel by ``t`` and ``1 - t``).
 
     A lesion is 1e-4 to 1e-3 of a study's voxels: the foreground weight of ``sigmoid_bce_loss`` is capped (organs
     swell without the cap), so there the few lesion voxels stay outweighed by the many that are not, and a lesion
@@ -212,15 +211,9 @@ def balanced_bce_loss(logits: torch.Tensor, targets: torch.Tensor, hard: torch.T
     t = targets.to(logits.dtype)
     loss = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
 
-    def mean(w):
-        return (loss * w).sum(1) / w.sum(1).clamp(min=1e-6)
-
-    if hard is None:
-        bg = mean(1 - t)
-    else:
-        h = hard.to(logits.dtype) * (1 - t)
-        bg = (mean(h) + mean((1 - t) - h)) / 2
-    return ((mean(t) + bg) / 2).mean()
+    fg = (loss * t).sum(1) / t.sum(1).clamp(min=1e-6)
+    bg = (loss * (1 - t)).sum(1) / (1 - t).sum(1).clamp(min=1e-6)
+    return ((fg + bg) / 2).mean()
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float | torch.Tensor) -> torch.Tensor:
