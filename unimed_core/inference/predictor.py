@@ -415,8 +415,15 @@ class UniMedPredictor:
         hi = np.maximum(np.ceil(clipped[3:] - start).astype(int), lo + 1)
         inside = tuple(slice(a, b) for a, b in zip(lo, hi))
 
-        def honours_box(window_logits: torch.Tensor) -> bool:  # the mask has something inside the box
-            return bool((window_logits[inside] > 0).any())
+        def honours_box(window_logits: torch.Tensor) -> bool:
+            # A box is drawn around its structure: the mask inside it spans at least half of it along every axis.
+            # "Something inside the box" was too weak: on a test CT the last layer kept 4 voxels of a liver box (Dice
+            # 0.0) while the first layer's mask filled it (its extent within 3 voxels of the box's on every side).
+            held = torch.nonzero(window_logits[inside] > 0)
+            if len(held) == 0:
+                return False
+            span = held.max(0).values - held.min(0).values + 1
+            return bool((2 * span >= torch.tensor(window_logits[inside].shape)).all())
 
         logits = self._prompt_logits(prepared, start, self.tokenizer.encode_box_prompt(local), honours_box)
         restored = restore_labels(logits[None], prepared, lambda slab: slab[0] > 0, dtype=torch.uint8).numpy()
@@ -437,7 +444,7 @@ class UniMedPredictor:
         the window: :data:`OUTSIDE_LOGIT`, background).
 
         ``honours_prompt(window_logits) -> bool``: whether a mask does what its prompt says (a positive click lies
-        in it, a box holds some of it). The mask is the last decoder layer's when it does, else the deepest
+        in it, it spans a box). The mask is the last decoder layer's when it does, else the deepest
         earlier layer's that does (every layer is trained to give the prompt's mask: deep supervision), else the
         last layer's. Why: at every snapshot of the learning curve some clicks at an organ's centre came back
         empty. The prompt query's first mask was the organ (liver Dice 0.90), then from the second layer on its
