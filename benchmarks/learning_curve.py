@@ -312,11 +312,18 @@ def _headline(results: dict, name: str) -> float:
 def _start_of(config: dict) -> tuple[int, float]:
     """(steps, CPU seconds) a run had already trained before it started: a fine-tuning run (``--init-weights``)
     continues its parent's snapshot (``PARENT/step_N.pt`` or ``PARENT/final.pt``), so its points sit after it on
-    the curve. The parent's folder must be at hand (its history gives the clock); else the run stops here."""
+    the curve. The parent's folder must be at hand (its history gives the clock); else the run stops here. Weights
+    of a head fitted on frozen features (``benchmarks/dense_head_fit.py``: its record ``W.json`` beside them) add
+    that fit's CPU time and no steps to the weights it started from."""
     if "init_weights" not in config:
         return 0, 0.0
     weights = Path(config["init_weights"])
     parent = weights.parent
+    fit = weights.with_suffix(".json")
+    if not (parent / "config.json").exists() and fit.exists():
+        record = json.loads(fit.read_text())
+        steps, cpu = _start_of({"init_weights": record["init"]})
+        return steps, cpu + record["cpu_seconds"]
     if not (parent / "config.json").exists():
         raise SystemExit(f"{weights}: the parent run of a fine-tuning run is needed to place it on the curve")
     parent_config = json.loads((parent / "config.json").read_text())

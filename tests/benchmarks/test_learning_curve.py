@@ -54,6 +54,10 @@ def test_a_fine_tuning_run_sits_after_its_parents_snapshot_on_the_curve(tmp_path
     assert _start_of({"init_weights": str(child / "step_720.pt")}) == (10320, 14110.0)
     with pytest.raises(SystemExit, match="parent run"):
         _start_of({"init_weights": str(tmp_path / "elsewhere" / "final.pt")})
+    fits = tmp_path / "dense_fit"  # a head fitted on the frozen features of the parent's step 4800: its CPU, no steps
+    fits.mkdir()
+    (fits / "fit.json").write_text(json.dumps({"init": str(parent / "step_4800.pt"), "cpu_seconds": 250.0}))
+    assert _start_of({"init_weights": str(fits / "fit.pt")}) == (4800, 6850.0)
 
 
 def test_extra_studies_of_another_count_are_not_silently_reused(tmp_path):
