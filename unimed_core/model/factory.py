@@ -98,7 +98,7 @@ def unimed_small(
     num_bins: int = 128,
     num_latent_queries: int = 16,
     fine_refine_units: int = 0,
-    dense_class_head: bool = False,
+    dense_class_head: bool = True,
 ) -> UniMed:
     """The CPU variant: ``ConvEncoder3D`` (16, 32, 64, 128), two residual units per stage, d = 64, 3 + 2 layers,
     4 heads.
@@ -108,7 +108,8 @@ def unimed_small(
         num_bins: coordinate bins per axis.
         num_latent_queries: N latent queries.
         fine_refine_units: residual units of the class masks' head at the input grid.
-        dense_class_head: per-voxel class logits added to the class masks (``DenseClassHead``).
+        dense_class_head: per-voxel class logits added to the class masks (``DenseClassHead``); on since bundle
+            0.5.0, whose weights hold it (runs from before it are rebuilt without: ``benchmarks.learning_curve``).
 
     Example:
         >>> model = unimed_small()
