@@ -227,6 +227,27 @@ def _component_threshold(ct: dict) -> list[str]:
     return lines + _table(["studies", "regions", *keys], rows) + [""]
 
 
+def _reporting_cut(rc: dict) -> list[str]:
+    lines = ["## Lesion detections: which are shown", "",
+             "`benchmarks/reporting_cut.py`: mAP reads every candidate; a user sees those above the predictor's "
+             "`score_threshold`. Chosen on the tuning studies as the most sensitive cut with at most "
+             f"{rc['fp_per_scan_budget']:g} false positive per scan (FROC, hits at IoU >= {rc['iou']}). Weights "
+             f"`{rc['weights_sha256'][:8]}…`, component threshold {rc['component_threshold']}; chosen: "
+             f"**score >= {rc['chosen']:g}**.", ""]  # fmt: skip
+    rows = [
+        [
+            f"{name} ({found['scans']} scans, {found['lesions']} lesions)",
+            r["cut"],
+            r["sensitivity"],
+            r["fp_per_scan"],
+            r["detections_per_scan"],
+        ]
+        for name, found in rc["sets"].items()
+        for r in found["rows"]
+    ]
+    return lines + _table(["studies", "cut", "sensitivity", "false positives / scan", "detections / scan"], rows) + [""]
+
+
 def _claims(c: dict) -> list[str]:
     if c["mode"] == "learning":
         steps = " or ".join(map(str, c["steps"]))
@@ -481,6 +502,8 @@ def build_report(results: Path, out: Path, plots: bool = True) -> str:
         lines += _curve(curve, unimed_curve, f"figures/{figure.name}" if figure.is_file() else None)
     if component_threshold := _load(results / "component_threshold.json"):
         lines += _component_threshold(component_threshold)
+    if reporting_cut := _load(results / "reporting_cut.json"):
+        lines += _reporting_cut(reporting_cut)
     if claims:
         lines += _claims(claims)
     if learning_claims:

@@ -110,6 +110,17 @@ def test_report_shows_the_component_threshold_choice(tmp_path):
     assert "| test | label volume | 0.090 |" in text and "| test | score >= 0.2 | 0.240 |" in text
 
 
+def test_report_shows_the_reporting_cut_and_its_froc(tmp_path):
+    rows = [{"cut": 0.1, "sensitivity": 0.7, "fp_per_scan": 2.8, "detections_per_scan": 4.1},
+            {"cut": 0.3, "sensitivity": 0.6, "fp_per_scan": 0.9, "detections_per_scan": 2.0}]  # fmt: skip
+    (tmp_path / "reporting_cut.json").write_text(json.dumps({
+        "weights_sha256": "d1f3a99c" + "0" * 56, "iou": 0.1, "fp_per_scan_budget": 1.0, "component_threshold": 0.1,
+        "chosen": 0.3, "sets": {"test": {"scans": 16, "lesions": 27, "rows": rows}}}))  # fmt: skip
+    text = build_report(tmp_path, tmp_path / "b.md", plots=False)
+    assert "chosen: **score >= 0.3**" in text and "`d1f3a99c…`" in text
+    assert "| test (16 scans, 27 lesions) | 0.300 | 0.600 | 0.900 | 2.000 |" in text
+
+
 def test_report_shows_the_seeds_spread_of_unimeds_curve(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
