@@ -319,13 +319,13 @@ def _start_of(config: dict) -> tuple[int, float]:
         return 0, 0.0
     weights = Path(config["init_weights"])
     parent = weights.parent
-    fit = weights.with_suffix(".json")
-    if not (parent / "config.json").exists() and fit.exists():
+    if not (parent / "config.json").exists():
+        fit = weights.with_suffix(".json")
+        if not fit.exists():
+            raise SystemExit(f"{weights}: the parent run of a fine-tuning run is needed to place it on the curve")
         record = json.loads(fit.read_text())
         steps, cpu = _start_of({"init_weights": record["init"]})
         return steps, cpu + record["cpu_seconds"]
-    if not (parent / "config.json").exists():
-        raise SystemExit(f"{weights}: the parent run of a fine-tuning run is needed to place it on the curve")
     parent_config = json.loads((parent / "config.json").read_text())
     step = parent_config["total_steps"] if weights.stem == "final" else _snapshot_step(weights)
     before_steps, before_cpu = _start_of(parent_config)

@@ -419,11 +419,12 @@ class UniMedPredictor:
             # A box is drawn around its structure: the mask inside it spans at least half of it along every axis.
             # "Something inside the box" was too weak: on a test CT the last layer kept 4 voxels of a liver box (Dice
             # 0.0) while the first layer's mask filled it (its extent within 3 voxels of the box's on every side).
-            held = torch.nonzero(window_logits[inside] > 0)
+            in_box = window_logits[inside]
+            held = torch.nonzero(in_box > 0)
             if len(held) == 0:
                 return False
             span = held.max(0).values - held.min(0).values + 1
-            return bool((2 * span >= torch.tensor(window_logits[inside].shape)).all())
+            return bool((2 * span >= torch.tensor(in_box.shape)).all())
 
         logits = self._prompt_logits(prepared, start, self.tokenizer.encode_box_prompt(local), honours_box)
         restored = restore_labels(logits[None], prepared, lambda slab: slab[0] > 0, dtype=torch.uint8).numpy()

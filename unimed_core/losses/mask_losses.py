@@ -210,7 +210,6 @@ def balanced_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     """
     t = targets.to(logits.dtype)
     loss = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
-
     fg = (loss * t).sum(1) / t.sum(1).clamp(min=1e-6)
     bg = (loss * (1 - t)).sum(1) / (1 - t).sum(1).clamp(min=1e-6)
     return ((fg + bg) / 2).mean()
