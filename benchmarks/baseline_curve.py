@@ -171,25 +171,29 @@ def _fmt(value) -> str:
 
 
 def plot(rows: list[dict], unimed_rows: list[dict], path: Path) -> None:
-    """One panel per task metric, steps on a log axis: each baseline's run and UniMed's runs (dashed)."""
+    """One panel per task metric, steps on a log axis: each baseline's run in colour, UniMed's runs in grey (one
+    legend entry for all of them: with a line per run the legends covered the curves)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # UniMed's columns in learning_curve.json for each panel (each lesion path it has, the score map first)
+    # UniMed's column in learning_curve.json for each panel: the first it has (the lesion score map first)
     panels = {"organ Dice": ["organ Dice"],
               "lesion mAP@0.1": ["lesion mAP@0.1 (score map)", "lesion mAP@0.1 (label volume)",
                                  "lesion mAP@0.1 (queries)"],
               "image AUC": ["image AUC"]}  # fmt: skip
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), constrained_layout=True)
     for ax, (name, unimed_names) in zip(axes, panels.items()):
+        labelled = False
         for run in sorted({r["run"] for r in unimed_rows}):
-            for column in unimed_names:
-                pts = [(r["step"], r[column]) for r in unimed_rows if r["run"] == run and r.get(column) is not None]
-                if pts:
-                    label = f"UniMed {run}" + (f" ({column.split('(')[1][:-1]})" if "(" in column else "")
-                    ax.plot(*zip(*sorted(pts)), marker="o", linestyle="--", label=label)
+            mine = [r for r in unimed_rows if r["run"] == run]
+            column = next((c for c in unimed_names if any(r.get(c) is not None for r in mine)), None)
+            pts = [(r["step"], r[column]) for r in mine if column and r.get(column) is not None]
+            if pts:
+                ax.plot(*zip(*sorted(pts)), marker="o", markersize=3, linestyle="--", linewidth=0.8, color="0.6",
+                        label=None if labelled else "UniMed (every run)")  # fmt: skip
+                labelled = True
         for run in sorted({r["run"] for r in rows}):
             pts = [(r["step"], r[name]) for r in rows if r["run"] == run and r.get(name) is not None]
             if pts:
@@ -200,7 +204,7 @@ def plot(rows: list[dict], unimed_rows: list[dict], path: Path) -> None:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=8, loc="upper left")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
