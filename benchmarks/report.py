@@ -227,12 +227,34 @@ def _component_threshold(ct: dict) -> list[str]:
     return lines + _table(["studies", "regions", *keys], rows) + [""]
 
 
+def _candidate_rescorer(cr: dict, other: dict | None) -> list[str]:
+    fit = cr["fit"]
+    lines = ["## Lesion candidates: false-positive reduction", "",
+             "`benchmarks/candidate_rescorer.py`: a small MLP ensemble (`CandidateRescorer`) re-ranks the segmentation "
+             "path's lesion candidates from what their peak score does not say (size, fill, contrast, surrounding "
+             f"organ, the other lesion class's score, image probabilities). Fitted on {fit['studies']} studies of "
+             f"`{Path(fit['data']).name}` that the weights never trained on ({fit['candidates']} candidates, "
+             f"{fit['hits']} hits at IoU >= {cr['iou']}) for weights `{cr['weights_sha256'][:8]}…`; three fits "
+             f"(seeds) per row set; the bundle ships seed {fit['fit_seeds'][0]} (`{cr['rescorer_sha256'][:8]}…`).",
+             ""]  # fmt: skip
+    keys = ["mAP@0.10", "AP@0.10/cyst", "AP@0.10/tumor", "recall@0.10", "mAP@0.25"]
+    rows = []
+    for result in [cr] + ([other] if other else []):
+        for name, found in result["sets"].items():
+            for label, row in found["rows"].items():
+                rows.append([result["component_threshold"], f"{name} ({found['studies']})", label]
+                            + [row.get(k) for k in keys])  # fmt: skip
+    return lines + _table(["component threshold", "studies", "lesion scores", *keys], rows) + [""]
+
+
 def _reporting_cut(rc: dict) -> list[str]:
+    rescorer = (f", candidates rescored (rescorer `{rc['rescorer_sha256'][:8]}…`)" if rc.get("rescorer_sha256")
+                else ", candidates scored by their peaks")  # fmt: skip
     lines = ["## Lesion detections: which are shown", "",
              "`benchmarks/reporting_cut.py`: mAP reads every candidate; a user sees those above the predictor's "
              "`score_threshold`. Chosen on the tuning studies as the most sensitive cut with at most "
              f"{rc['fp_per_scan_budget']:g} false positive per scan (FROC, hits at IoU >= {rc['iou']}). Weights "
-             f"`{rc['weights_sha256'][:8]}…`, component threshold {rc['component_threshold']}; chosen: "
+             f"`{rc['weights_sha256'][:8]}…`, component threshold {rc['component_threshold']}{rescorer}; chosen: "
              f"**score >= {rc['chosen']:g}**.", ""]  # fmt: skip
     rows = [
         [
@@ -502,6 +524,9 @@ def build_report(results: Path, out: Path, plots: bool = True) -> str:
         lines += _curve(curve, unimed_curve, f"figures/{figure.name}" if figure.is_file() else None)
     if component_threshold := _load(results / "component_threshold.json"):
         lines += _component_threshold(component_threshold)
+    if candidate_rescorer := _load(results / "candidate_rescorer.json"):
+        other = _load(results / "candidate_rescorer_component0.2" / "candidate_rescorer.json")
+        lines += _candidate_rescorer(candidate_rescorer, other)
     if reporting_cut := _load(results / "reporting_cut.json"):
         lines += _reporting_cut(reporting_cut)
     if claims:

@@ -30,8 +30,9 @@ from monai.data.box_utils import box_iou
 from benchmarks.learning_curve import RESULTS, benchmark_items, benchmark_predictor
 from unimed_core.data.atomic import atomic_write_json, atomic_write_text
 from unimed_core.data.image_io import read_image
+from unimed_core.inference.candidate_rescorer import bundle_rescorer
 from unimed_core.model.weights import sha256_of
-from unimed_core.paths import BUNDLE_DIR, DEFAULT_WEIGHTS
+from unimed_core.paths import BUNDLE_DIR, DEFAULT_RESCORER, DEFAULT_WEIGHTS
 
 __all__ = ["froc", "choose_cut", "main"]
 
@@ -112,7 +113,8 @@ def main(argv=None) -> int:
             "test": [(args.data, 0, "test")], "test, fresh seed 7": [(Path(f"{args.data}-fresh7"), 7, "test")]}  # fmt: skip
     predictor = None
     out = {"command": "python -m benchmarks.reporting_cut --weights " + str(args.weights), "weights_sha256":
-           sha256_of(args.weights), "iou": IOU, "fp_per_scan_budget": args.fp_per_scan,
+           sha256_of(args.weights), "rescorer_sha256": sha256_of(DEFAULT_RESCORER) if DEFAULT_RESCORER.is_file()
+           else None, "iou": IOU, "fp_per_scan_budget": args.fp_per_scan,
            "component_threshold": config.get("component_threshold"), "sets": {}}  # fmt: skip
     for name, studies in sets.items():
         items = []
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
             predictor.detection_path = config.get("detection_path", predictor.detection_path)
             predictor.component_threshold = config.get("component_threshold", predictor.component_threshold)
             predictor.score_threshold = 0.0  # every candidate: the cuts are applied here
+            if DEFAULT_RESCORER.is_file():  # the bundle's scores: the rescorer's, for the weights it was fitted for
+                predictor.rescorer = bundle_rescorer(DEFAULT_RESCORER, args.weights)
         pred, truth = _candidates(predictor, items, list(label_map.box_classes))
         out["sets"][name] = {
             "scans": len(pred),

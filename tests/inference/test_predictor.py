@@ -167,9 +167,10 @@ def test_boxes_are_clipped_to_the_input_not_the_working_grid(model):
         "scores": torch.tensor([0.9, 0.8]),
         "labels": torch.tensor([cyst, cyst]),
     }
-    world, names, scores = _predictor(model)._merge_boxes([window], prepared, None)
+    world, names, scores, features = _predictor(model)._merge_boxes([window], prepared, None)
     np.testing.assert_allclose(world, [[-4.0, -4.0, -5.0, 316.0, 316.0, 315.0]])
     assert names == ["cyst"] and scores.tolist() == pytest.approx([0.9])
+    assert features.shape == (1, 0)  # boxes without candidate features (not the segmentation path)
 
 
 def test_box_source_masks_gives_boxes_on_the_input_grid(model, volume):

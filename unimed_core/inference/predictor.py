@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from scipy import ndimage
 from unimed_core.data.boxes import voxel_to_world_boxes, world_to_voxel_boxes, world_to_voxel_points
 from unimed_core.data.image_io import Volume
 from unimed_core.data.preprocess import PreparedVolume, prepare_image, restore_labels
+from unimed_core.inference.candidate_rescorer import CandidateRescorer, candidate_features, load_rescorer
 from unimed_core.inference.familiarity import FamiliarityReference, familiarity_warnings
 from unimed_core.label_map import LabelMap
 from unimed_core.model.inputs import PromptBatch
@@ -60,6 +62,8 @@ class Prediction:
         class_probabilities: image class name → probability.
         warnings: why the scan looks unlike the training data (``familiarity_warnings``), one dict per signal;
             the results above are still given.
+        box_features: (N, F) ``candidate_features`` of each box on the "segmentation" detection path (what a
+            candidate rescorer reads and is fitted on); (N, 0) on the other paths.
     """
 
     labels: np.ndarray
@@ -69,6 +73,7 @@ class Prediction:
     box_scores: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
     class_probabilities: dict[str, float] = field(default_factory=dict)
     warnings: list[dict] = field(default_factory=list)
+    box_features: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
 
     def detections(self) -> list[dict]:
         """Boxes as JSON-ready dicts."""
@@ -108,6 +113,8 @@ class UniMedPredictor:
         max_working_voxels: refuse volumes whose working grid exceeds this many voxels (memory bound).
         familiarity: statistics of the training scans (a ``FamiliarityReference`` or its JSON file) that every
             prediction's ``warnings`` are checked against; None: no checks.
+        rescorer: on the "segmentation" path, a false-positive reduction stage (a ``CandidateRescorer`` or its
+            weight file, hash checked) whose probability replaces each candidate's peak score; None: the peaks.
 
     Example:
         >>> predictor = UniMedPredictor(unimed_small(), LabelMap.default())  # doctest: +SKIP
@@ -132,6 +139,7 @@ class UniMedPredictor:
         semantic_source: str = "queries",
         box_source: str = "tokens",
         familiarity: FamiliarityReference | str | None = None,
+        rescorer: CandidateRescorer | str | None = None,
     ) -> None:
         if len(roi_size) != 3 or any(int(r) <= 0 or int(r) % 16 for r in roi_size):
             raise ValueError(f"roi_size must be three positive multiples of 16, got {roi_size}")
@@ -160,6 +168,7 @@ class UniMedPredictor:
         if familiarity is not None and not isinstance(familiarity, FamiliarityReference):
             familiarity = FamiliarityReference.load(familiarity)
         self.familiarity = familiarity
+        self.rescorer = load_rescorer(rescorer) if isinstance(rescorer, (str, Path)) else rescorer
         num_fg = label_map.num_mask_classes - 1
         self._mask_classes = list(range(num_fg))  # class index i ↔ mask id i + 1
         self._box_classes = label_map.box_class_indices()
@@ -236,15 +245,37 @@ class UniMedPredictor:
         # the label is taken on the input grid from the scores interpolated there (DESIGN.md §5), slab by slab
         restored = restore_labels(scores, prepared, lambda slab: self._labels_from_scores(slab, wanted)).numpy()
         found = windows
+        probs = self._image_probabilities(windows)
         if self.detection_path == "segmentation":
             # the label volume on the working grid is only needed for its own components (no threshold)
             labels = self._labels_from_scores(scores, wanted) if self.component_threshold is None else None
             box_classes = [c for c in self._box_classes if c < scores.shape[0]]
-            found = [_component_boxes(scores, labels, box_classes, self.component_threshold)]
-        boxes, box_labels, box_scores = self._merge_boxes(found, prepared, wanted)
-        probs = self._image_probabilities(windows)
+            found = [self._rescored(_component_boxes(scores, labels, box_classes, self.component_threshold), scores,
+                                    prepared, box_classes, probs)]  # fmt: skip
+        boxes, box_labels, box_scores, features = self._merge_boxes(found, prepared, wanted)
         warnings = self.familiarity_warnings(volume)
-        return Prediction(restored, prepared.source_affine.copy(), boxes, box_labels, box_scores, probs, warnings)
+        return Prediction(restored, prepared.source_affine.copy(), boxes, box_labels, box_scores, probs, warnings,
+                          features)  # fmt: skip
+
+    def _rescored(self, candidates: dict, scores: torch.Tensor, prepared: PreparedVolume, box_classes, probs) -> dict:
+        """The segmentation path's candidates with their ``candidate_features`` and, with a ``rescorer``, the
+        rescorer's probabilities as their scores (the peaks are one of its features)."""
+        threshold = self.mask_threshold if self.component_threshold is None else self.component_threshold
+        if self.rescorer is not None and abs(float(self.rescorer.component_threshold) - threshold) > 1e-6:
+            raise ValueError(
+                f"the candidate rescorer was fitted on candidates at component threshold "
+                f"{float(self.rescorer.component_threshold):g}, this predictor finds them at {threshold:g}"
+            )
+        names = [self.label_map.class_names[c] for c in box_classes]
+        features = candidate_features(candidates["boxes"], candidates["scores"], candidates["labels"], scores,
+                                      prepared.image[0], box_classes, threshold, self.mask_threshold,
+                                      [probs.get(n, 0.0) for n in names])  # fmt: skip
+        if self.rescorer is not None and len(features):
+            if features.shape[1] != self.rescorer.num_features:
+                raise ValueError(f"the candidate rescorer reads {self.rescorer.num_features} features, this label "
+                                 f"map gives {features.shape[1]}")  # fmt: skip
+            candidates = {**candidates, "scores": self.rescorer(features)}
+        return {**candidates, "features": features}
 
     def familiarity_warnings(self, volume: Volume) -> list[dict]:
         """Why ``volume`` looks unlike the training scans (``unimed_core.inference.familiarity``); [] when it
@@ -323,15 +354,18 @@ class UniMedPredictor:
         boxes = torch.cat([w["boxes"] for w in windows]) if windows else torch.zeros((0, 6))
         scores = torch.cat([w["scores"] for w in windows]) if windows else torch.zeros((0,))
         labels = torch.cat([w["labels"] for w in windows]) if windows else torch.zeros((0,), dtype=torch.long)
+        # the candidates' features (segmentation path) travel with them; the other paths have none
+        features = (torch.cat([w["features"] for w in windows]) if windows and all("features" in w for w in windows)
+                    else torch.zeros((len(boxes), 0)))  # fmt: skip
         keep = scores >= self.score_threshold
         if wanted is not None:
             keep &= torch.tensor([int(c) in wanted for c in labels], dtype=torch.bool)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        boxes, scores, labels, features = boxes[keep], scores[keep], labels[keep], features[keep]
         limit = torch.tensor(list(prepared.shape) * 2, dtype=torch.float32)
         boxes = torch.minimum(torch.clamp(boxes, min=0), limit)
         if len(boxes):
             order = batched_nms(boxes, scores, labels, self.nms_iou)
-            boxes, scores, labels = boxes[order], scores[order], labels[order]
+            boxes, scores, labels, features = boxes[order], scores[order], labels[order], features[order]
         world = voxel_to_world_boxes(boxes.double().numpy(), prepared.affine)
         # The working grid covers the input and up to one working voxel more (its extent is rounded up), so a box
         # clamped to it can still reach past the input: clip to the input's world box, and drop what lies outside.
@@ -339,9 +373,9 @@ class UniMedPredictor:
         world = np.concatenate([np.maximum(world[:, :3], bounds[:3]), np.minimum(world[:, 3:], bounds[3:])], axis=1)
         inside = np.all(world[:, :3] < world[:, 3:], axis=1)
         keep = torch.from_numpy(inside)
-        world, scores, labels = world[inside], scores[keep], labels[keep]
+        world, scores, labels, features = world[inside], scores[keep], labels[keep], features[keep]
         names = [self.label_map.class_names[int(c)] for c in labels]
-        return world, names, scores.numpy().astype(np.float64)
+        return world, names, scores.numpy().astype(np.float64), features.numpy()
 
     def _image_probabilities(self, windows: list[dict]) -> dict[str, float]:
         # a finding anywhere makes the image positive: the most confident window speaks for the volume

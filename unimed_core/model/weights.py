@@ -13,7 +13,7 @@ import torch
 
 from unimed_core.data.atomic import atomic_write, atomic_write_text
 
-__all__ = ["sha256_of", "save_weights", "load_weights", "WeightsError"]
+__all__ = ["sha256_of", "save_weights", "checked_state", "load_weights", "WeightsError"]
 
 
 class WeightsError(ValueError):
@@ -40,6 +40,30 @@ def save_weights(model: torch.nn.Module, path: str | Path) -> str:
     return digest
 
 
+def checked_state(path: str | Path, sha256: str | None = None):
+    """What ``torch.save`` wrote to ``path`` (tensors only: ``weights_only=True``), once its sha256 matches ``sha256``
+    or, when that is None, the ``path.sha256`` file beside it.
+
+    Raises:
+        WeightsError: missing file or hash, hash mismatch, or a file that cannot be loaded safely.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found")
+    if sha256 is None:
+        sidecar = path.with_name(path.name + ".sha256")
+        if not sidecar.is_file():
+            raise WeightsError(f"{path}: no expected sha256 given and no {sidecar.name} beside it")
+        sha256 = sidecar.read_text(encoding="utf-8").split()[0]
+    actual = sha256_of(path)
+    if actual != sha256.lower():
+        raise WeightsError(f"{path}: sha256 {actual} does not match the expected {sha256}; refusing to load")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused, truncated zip, ...
+        raise WeightsError(f"{path}: cannot load weights safely: {e}") from e
+
+
 def load_weights(
     model: torch.nn.Module, path: str | Path, sha256: str | None = None, missing_ok: tuple[str, ...] = ()
 ) -> torch.nn.Module:
@@ -56,20 +80,7 @@ def load_weights(
         WeightsError: missing file or hash, hash mismatch, or weights that do not fit ``model``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weight file not found")
-    if sha256 is None:
-        sidecar = path.with_name(path.name + ".sha256")
-        if not sidecar.is_file():
-            raise WeightsError(f"{path}: no expected sha256 given and no {sidecar.name} beside it")
-        sha256 = sidecar.read_text(encoding="utf-8").split()[0]
-    actual = sha256_of(path)
-    if actual != sha256.lower():
-        raise WeightsError(f"{path}: sha256 {actual} does not match the expected {sha256}; refusing to load")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refused, truncated zip, ...
-        raise WeightsError(f"{path}: cannot load weights safely: {e}") from e
+    state = checked_state(path, sha256)
     if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
         state = state["network"]
     try:
