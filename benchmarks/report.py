@@ -247,6 +247,18 @@ def _candidate_rescorer(cr: dict, other: dict | None) -> list[str]:
     return lines + _table(["component threshold", "studies", "lesion scores", *keys], rows) + [""]
 
 
+def _image_label_fusion(f: dict) -> list[str]:
+    lines = ["## Image labels that read the lesion candidates", "",
+             "`benchmarks/image_label_fusion.py`: a lesion class's image probability from the image head, from the "
+             "rescored candidates (noisy-OR: the chance that at least one is a true lesion), their mean or their "
+             f"maximum; chosen on the tuning studies: **{f['chosen']}** (weights `{f['weights_sha256'][:8]}…`, "
+             f"rescorer `{f['rescorer_sha256'][:8]}…`). The predictor applies it whenever it has a rescorer.", ""]  # fmt: skip
+    classes = [k for k in next(iter(next(iter(f["sets"].values()))["rows"].values())) if k != "mean"]
+    rows = [[f"{name} ({found['studies']})", rule, row["mean"], *[row[c] for c in classes]]
+            for name, found in f["sets"].items() for rule, row in found["rows"].items()]  # fmt: skip
+    return lines + _table(["studies", "rule", "mean AUC", *[f"AUC {c}" for c in classes]], rows) + [""]
+
+
 def _reporting_cut(rc: dict) -> list[str]:
     rescorer = (f", candidates rescored (rescorer `{rc['rescorer_sha256'][:8]}…`)" if rc.get("rescorer_sha256")
                 else ", candidates scored by their peaks")  # fmt: skip
@@ -527,6 +539,8 @@ def build_report(results: Path, out: Path, plots: bool = True) -> str:
     if candidate_rescorer := _load(results / "candidate_rescorer.json"):
         other = _load(results / "candidate_rescorer_component0.2" / "candidate_rescorer.json")
         lines += _candidate_rescorer(candidate_rescorer, other)
+    if image_label_fusion := _load(results / "image_label_fusion.json"):
+        lines += _image_label_fusion(image_label_fusion)
     if reporting_cut := _load(results / "reporting_cut.json"):
         lines += _reporting_cut(reporting_cut)
     if claims:

@@ -147,7 +147,7 @@ def predictor_and_volume():
     model = unimed_tiny(LM, max_sequence_length=32)
     case = generate_case(1, SyntheticConfig(shape=(40, 40, 32), spacing=(8.0, 8.0, 10.0), lesion_presence=1.0))
     predictor = UniMedPredictor(model, LM, spacing=(10.0, 10.0, 10.0), roi_size=(32, 32, 32), score_threshold=0.0,
-                                detection_path="segmentation", component_threshold=0.05)  # fmt: skip
+                                detection_path="segmentation", component_threshold=0.05, nms_iou=1.0)  # fmt: skip
     return predictor, Volume(case.image, case.affine)
 
 
@@ -170,6 +170,12 @@ def test_the_predictor_scores_candidates_by_the_rescorer(predictor_and_volume):
         expected = rescorer(torch.from_numpy(rescored.box_features)).numpy()
     np.testing.assert_allclose(rescored.box_scores, expected, rtol=1e-5)
     assert not np.allclose(rescored.box_scores, rescored.box_features[:, 0])  # no longer the peaks
+    # a lesion class's image probability: the mean of the head's and "at least one candidate is true" (noisy-OR)
+    for name in LM.box_classes:
+        own = rescored.box_scores[np.array(rescored.box_labels) == name]
+        found = 1.0 - np.prod(1.0 - own)
+        expected = 0.5 * (plain.class_probabilities[name] + found)
+        assert rescored.class_probabilities[name] == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_rescorer_fitted_at_another_component_threshold_is_refused(predictor_and_volume):
