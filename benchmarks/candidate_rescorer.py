@@ -3,7 +3,8 @@
 The shipped network's candidates on the "segmentation" detection path (components of a lesion class's score map at
 the bundle's component threshold, every score kept) are collected with their ``candidate_features`` on generated
 studies the network never trained on: the default is the 960 extra studies of seed 3000, which only the continuation
-run ``curve_s0_lp_ft_new3000`` trained on, not the shipped weights (pass ``--fit-data`` for other weights). A
+run ``curve_s0_lp_ft_new3000`` trained on, not the shipped weights (pass ``--fit-data`` for other weights; several
+folders pool their candidates). A
 candidate is a hit when its box overlaps a lesion of its class with IoU >= 0.1 (the mAP's criterion). The rescorer is
 fitted on them (three initialisations, for the spread), and the candidates of the tuning studies (validation + fresh
 seed 8, as ``benchmarks/component_threshold.py``), the benchmark's test studies and fresh seed 7 are ranked by their
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from monai.data.box_utils import box_iou
 
-from benchmarks.learning_curve import RESULTS, benchmark_items, benchmark_predictor
+from benchmarks.learning_curve import RESULTS, benchmark_items, benchmark_predictor, bundle_choices
 from unimed_core.data.atomic import atomic_write, atomic_write_json, atomic_write_text
 from unimed_core.data.image_io import read_image
 from unimed_core.inference.candidate_rescorer import feature_names, fit_rescorer, save_rescorer
@@ -106,9 +107,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--data", type=Path, default=Path("data/learning-cpu"), help="the benchmark's studies")
-    parser.add_argument("--fit-data", type=Path, default=Path("data/learning-cpu-extra3000-960"))
-    parser.add_argument("--fit-seed", type=int, default=3000, help="the data seed of --fit-data")
-    parser.add_argument("--fit-studies", type=int, default=576, help="labelled studies of --fit-data to fit on")
+    parser.add_argument("--fit-data", type=Path, nargs="+", default=[Path("data/learning-cpu-extra3000-960")],
+                        help="folders of generated studies the weights never trained on")  # fmt: skip
+    parser.add_argument("--fit-seed", type=int, nargs="+", default=[3000], help="the data seed of each --fit-data")
+    parser.add_argument("--fit-studies", type=int, default=576, help="lesion-annotated studies of each to fit on")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fit seeds; the first is saved")
     parser.add_argument("--out", type=Path, default=BUNDLE_DIR / "models" / "rescorer.pt")
     parser.add_argument("--cache", type=Path, default=Path("runs/rescorer_candidates"))
@@ -123,21 +125,29 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     config = json.loads((BUNDLE_DIR / "configs" / "inference.json").read_text())["predictor"]
     threshold = config["component_threshold"] if args.component_threshold is None else args.component_threshold
-    label_map, fit_items = benchmark_items(args.fit_data, args.fit_seed)
+    if len(args.fit_data) != len(args.fit_seed):
+        raise SystemExit("give one --fit-seed per --fit-data folder")
+    label_map = benchmark_items(args.fit_data[0], args.fit_seed[0])[0]
     box_names = list(label_map.box_classes)
-    predictor = benchmark_predictor(args.weights, label_map)
+    predictor = bundle_choices(benchmark_predictor(args.weights, label_map), config)
     # every candidate (the rescorer's probabilities may fall below the benchmarks' usual 0.05: they still rank)
     predictor.detection_path, predictor.component_threshold, predictor.score_threshold = "segmentation", threshold, 0.0
     weights_sha256 = sha256_of(args.weights)
-    cache = args.cache / f"{weights_sha256[:12]}-component{threshold:g}"
-    labelled = [i for i in fit_items["training"] if "boxes" in i][: args.fit_studies]
-    fit = _cached_candidates(predictor, cache, f"{args.fit_data.name}-{len(labelled)}", labelled, box_names)
-    print(f"fit on {len(labelled)} studies: {len(fit['hits'])} candidates, {int(fit['hits'].sum())} hits", flush=True)
+    shifts = "".join(f"-shift{g:.3g}" for g in predictor.grid_shifts)  # the candidates of the bundle's passes
+    cache = args.cache / f"{weights_sha256[:12]}-component{threshold:g}{shifts}"
+    parts = []
+    for data, seed in zip(args.fit_data, args.fit_seed):
+        labelled = [i for i in benchmark_items(data, seed)[1]["training"] if "boxes" in i][: args.fit_studies]
+        parts.append(_cached_candidates(predictor, cache, f"{data.name}-{len(labelled)}", labelled, box_names))
+    fit = _pooled(parts)
+    fit_studies = int(fit["studies"])
+    print(f"fit on {fit_studies} studies: {len(fit['hits'])} candidates, {int(fit['hits'].sum())} hits", flush=True)
     features, hits = torch.from_numpy(fit["features"]).float(), torch.from_numpy(fit["hits"])
     rescorers = [fit_rescorer(features, hits, threshold, seed=s, weights_sha256=weights_sha256) for s in args.seeds]
     out = {"command": f"python -m benchmarks.candidate_rescorer --weights {args.weights} --out {args.out}",
            "weights_sha256": weights_sha256, "component_threshold": threshold, "iou": IOU,
-           "fit": {"data": str(args.fit_data), "seed": args.fit_seed, "studies": len(labelled),
+           "grid_shifts": list(predictor.grid_shifts),
+           "fit": {"data": [str(d) for d in args.fit_data], "seed": args.fit_seed, "studies": fit_studies,
                    "candidates": int(len(hits)), "hits": int(hits.sum()), "fit_seeds": args.seeds},
            "features": feature_names([label_map.class_names[c] for c in range(label_map.num_mask_classes - 1)],
                                      label_map.box_class_indices()),
@@ -164,7 +174,7 @@ def main(argv=None) -> int:
     out["rescorer_sha256"] = save_rescorer(rescorers[0], args.out)
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.results / "candidate_rescorer.json", out)
-    lines = [f"Rescorer fitted on {len(labelled)} studies of `{args.fit_data.name}` ({len(hits)} candidates, "
+    lines = [f"Rescorer fitted on {fit_studies} studies of {', '.join(f'`{d.name}`' for d in args.fit_data)} ({len(hits)} candidates, "
              f"{int(hits.sum())} hits) for weights `{weights_sha256[:8]}…` at component threshold {threshold}; "
              f"saved: seed {args.seeds[0]} (`{out['rescorer_sha256'][:8]}…`).", "",
              "| studies | lesion scores | " + " | ".join(KEYS) + " |", "|---|---|" + "---|" * len(KEYS)]  # fmt: skip

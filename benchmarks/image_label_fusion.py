@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.candidate_rescorer import SETS
-from benchmarks.learning_curve import RESULTS, benchmark_items, benchmark_predictor
+from benchmarks.learning_curve import RESULTS, benchmark_items, benchmark_predictor, bundle_choices
 from unimed_core.data.atomic import atomic_write_json, atomic_write_text
 from unimed_core.data.image_io import read_image
 from unimed_core.inference.candidate_rescorer import bundle_rescorer
@@ -46,10 +46,8 @@ RULES = {"image head": lambda head, found: head, "noisy-OR of the candidates": l
 def _studies(weights: Path, rescorer, items: list[dict], lesion_classes: list[str], label_map) -> dict:
     """Per study with image labels: the head's probability and the candidates' noisy-OR of each lesion class, and
     whether the class is present."""
-    head_only = benchmark_predictor(weights, label_map)
-    head_only.detection_path, head_only.component_threshold = "segmentation", float(rescorer.component_threshold)
-    rescored = benchmark_predictor(weights, label_map)
-    rescored.detection_path, rescored.component_threshold = "segmentation", float(rescorer.component_threshold)
+    head_only = bundle_choices(benchmark_predictor(weights, label_map))
+    rescored = bundle_choices(benchmark_predictor(weights, label_map))
     rescored.rescorer, rescored.score_threshold = rescorer, 0.0  # every candidate counts
     out = {"head": [], "found": [], "present": []}
     for item in (i for i in items if "class" in i):

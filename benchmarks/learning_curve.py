@@ -43,6 +43,7 @@ from unimed_core.inference.predictor import UniMedPredictor
 from unimed_core.label_map import LabelMap
 from unimed_core.model.factory import unimed_small
 from unimed_core.model.weights import load_weights, save_weights, sha256_of
+from unimed_core.paths import BUNDLE_DIR
 from unimed_core.training.fit import DEFAULT_LOSS_WEIGHTS, fit
 from unimed_core.training.resumable import read_checkpoint
 
@@ -231,6 +232,18 @@ def benchmark_predictor(weights: Path, label_map: LabelMap, architecture: dict |
     torch.manual_seed(0)
     return UniMedPredictor(model, label_map, spacing=SPACING, roi_size=PATCH, score_threshold=0.05,
                            semantic_source="both")  # fmt: skip
+
+
+def bundle_choices(predictor: UniMedPredictor, config: dict | None = None) -> UniMedPredictor:
+    """``predictor`` with the choices the bundle's ``inference.json`` made for the shipped weights (its detection
+    path, component threshold and grid shifts; not the rescorer nor the reporting cut, which benchmarks set as
+    they need). Returns the predictor."""
+    if config is None:
+        config = json.loads((BUNDLE_DIR / "configs" / "inference.json").read_text())["predictor"]
+    predictor.detection_path = config.get("detection_path", predictor.detection_path)
+    predictor.component_threshold = config.get("component_threshold", predictor.component_threshold)
+    predictor.grid_shifts = tuple(config.get("grid_shifts", ()))
+    return predictor
 
 
 def evaluate_weights(weights: Path, items: list[dict], label_map: LabelMap, architecture: dict | None = None) -> dict:

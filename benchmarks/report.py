@@ -227,13 +227,17 @@ def _component_threshold(ct: dict) -> list[str]:
     return lines + _table(["studies", "regions", *keys], rows) + [""]
 
 
+def _folders(data: str | list[str]) -> str:
+    return ", ".join(f"`{Path(d).name}`" for d in ([data] if isinstance(data, str) else data))
+
+
 def _candidate_rescorer(cr: dict, other: dict | None) -> list[str]:
     fit = cr["fit"]
     lines = ["## Lesion candidates: false-positive reduction", "",
              "`benchmarks/candidate_rescorer.py`: a small MLP ensemble (`CandidateRescorer`) re-ranks the segmentation "
              "path's lesion candidates from what their peak score does not say (size, fill, contrast, surrounding "
              f"organ, the other lesion class's score, image probabilities). Fitted on {fit['studies']} studies of "
-             f"`{Path(fit['data']).name}` that the weights never trained on ({fit['candidates']} candidates, "
+             f"{_folders(fit['data'])} that the weights never trained on ({fit['candidates']} candidates, "
              f"{fit['hits']} hits at IoU >= {cr['iou']}) for weights `{cr['weights_sha256'][:8]}…`; three fits "
              f"(seeds) per row set; the bundle ships seed {fit['fit_seeds'][0]} (`{cr['rescorer_sha256'][:8]}…`).",
              ""]  # fmt: skip
@@ -245,6 +249,21 @@ def _candidate_rescorer(cr: dict, other: dict | None) -> list[str]:
                 rows.append([result["component_threshold"], f"{name} ({found['studies']})", label]
                             + [row.get(k) for k in keys])  # fmt: skip
     return lines + _table(["component threshold", "studies", "lesion scores", *keys], rows) + [""]
+
+
+def _grid_shifts(g: dict) -> list[str]:
+    lines = ["## Organ boundaries: shifted working grids", "",
+             "`benchmarks/grid_shifts.py`: the class scores averaged over the working grid and grids shifted by "
+             "fractions of a working voxel along every axis (test-time augmentation, one network pass per shift). "
+             f"Chosen on the tuning studies by organ Dice (ties within {g['tie']} go to fewer passes): **shifts "
+             f"{g['chosen']}** (weights `{g['weights_sha256'][:8]}…`; lesions by the candidates' peaks, image labels "
+             "by the head: the rescorer is fitted afterwards).", ""]  # fmt: skip
+    keys = ["dice/organs_mean", "dice/spleen", "mAP@0.10", "AUC", "cpu_seconds_per_study"]
+    rows = [[f"{name} ({found['studies']})", label, *[row.get(k) for k in keys]]
+            for name, found in g["sets"].items() for label, row in found["rows"].items()]  # fmt: skip
+    header = ["studies", "shifts", "organ Dice", "spleen Dice", "lesion mAP@0.1 (peaks)", "image AUC (head)",
+              "CPU s / study"]  # fmt: skip
+    return lines + _table(header, rows) + [""]
 
 
 def _image_label_fusion(f: dict) -> list[str]:
@@ -536,6 +555,8 @@ def build_report(results: Path, out: Path, plots: bool = True) -> str:
         lines += _curve(curve, unimed_curve, f"figures/{figure.name}" if figure.is_file() else None)
     if component_threshold := _load(results / "component_threshold.json"):
         lines += _component_threshold(component_threshold)
+    if grid_shifts := _load(results / "grid_shifts.json"):
+        lines += _grid_shifts(grid_shifts)
     if candidate_rescorer := _load(results / "candidate_rescorer.json"):
         other = _load(results / "candidate_rescorer_component0.2" / "candidate_rescorer.json")
         lines += _candidate_rescorer(candidate_rescorer, other)

@@ -27,7 +27,7 @@ import numpy as np
 from monai.apps.detection.metrics.matching import matching_batch
 from monai.data.box_utils import box_iou
 
-from benchmarks.learning_curve import RESULTS, benchmark_items, benchmark_predictor
+from benchmarks.learning_curve import RESULTS, benchmark_items, benchmark_predictor, bundle_choices
 from unimed_core.data.atomic import atomic_write_json, atomic_write_text
 from unimed_core.data.image_io import read_image
 from unimed_core.inference.candidate_rescorer import bundle_rescorer
@@ -115,16 +115,15 @@ def main(argv=None) -> int:
     out = {"command": "python -m benchmarks.reporting_cut --weights " + str(args.weights), "weights_sha256":
            sha256_of(args.weights), "rescorer_sha256": sha256_of(DEFAULT_RESCORER) if DEFAULT_RESCORER.is_file()
            else None, "iou": IOU, "fp_per_scan_budget": args.fp_per_scan,
-           "component_threshold": config.get("component_threshold"), "sets": {}}  # fmt: skip
+           "component_threshold": config.get("component_threshold"), "grid_shifts": config.get("grid_shifts", []),
+           "sets": {}}  # fmt: skip
     for name, studies in sets.items():
         items = []
         for data, seed, split in studies:
             label_map, split_items = benchmark_items(data, seed)
             items += split_items[split]
         if predictor is None:
-            predictor = benchmark_predictor(args.weights, label_map)
-            predictor.detection_path = config.get("detection_path", predictor.detection_path)
-            predictor.component_threshold = config.get("component_threshold", predictor.component_threshold)
+            predictor = bundle_choices(benchmark_predictor(args.weights, label_map), config)
             predictor.score_threshold = 0.0  # every candidate: the cuts are applied here
             if DEFAULT_RESCORER.is_file():  # the bundle's scores: the rescorer's, for the weights it was fitted for
                 predictor.rescorer = bundle_rescorer(DEFAULT_RESCORER, args.weights)

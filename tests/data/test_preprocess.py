@@ -10,7 +10,13 @@ from monai.transforms import SpatialResample
 from scipy.spatial.transform import Rotation
 
 from unimed_core.data.image_io import Volume
-from unimed_core.data.preprocess import normalize_intensity, prepare_image, resample_label_to, restore_to_source
+from unimed_core.data.preprocess import (
+    normalize_intensity,
+    prepare_image,
+    resample_label_to,
+    resample_onto,
+    restore_to_source,
+)
 
 LPS_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -244,3 +250,32 @@ def test_separable_trilinear_restore_equals_the_resampler(code, padding):
         src, dst_affine=torch.as_tensor(prepared.source_affine), spatial_size=shape
     )
     torch.testing.assert_close(fast, reference.as_tensor(), atol=1e-5, rtol=0)
+
+
+def test_a_shifted_working_grid_starts_offset_working_voxels_along_its_axes():
+    volume = Volume(_ramp((20, 20, 20)), _affine((2.0, 2.0, 2.0)))
+    base = prepare_image(volume, (4.0, 4.0, 4.0))
+    shifted = prepare_image(volume, (4.0, 4.0, 4.0), offset=(0.5, 0.25, 0.0))
+    assert shifted.shape == base.shape
+    np.testing.assert_allclose(shifted.affine[:3, :3], base.affine[:3, :3])
+    np.testing.assert_allclose(shifted.affine[:3, 3] - base.affine[:3, 3], base.affine[:3, :3] @ [0.5, 0.25, 0.0])
+    with pytest.raises(ValueError, match="offset must be three finite numbers"):
+        prepare_image(volume, (4.0, 4.0, 4.0), offset=(0.5, float("nan"), 0.0))
+
+
+def test_scores_of_a_shifted_grid_are_brought_onto_the_working_grid():
+    # a linear ramp in world x sampled on a grid shifted by half a voxel reads, once resampled onto the unshifted grid,
+    # the unshifted grid's own ramp (trilinear interpolation is exact on a linear function; the first voxel lies before
+    # the shifted grid's first one and takes the border's value)
+    volume = Volume(np.zeros((24, 24, 24), np.float32) + _ramp((24, 24, 24)), _affine((2.0, 2.0, 2.0)))
+    base = prepare_image(volume, (4.0, 4.0, 4.0))
+    shifted = prepare_image(volume, (4.0, 4.0, 4.0), offset=(0.5, 0.5, 0.5))
+
+    def world_x(prepared):
+        index = np.stack(np.meshgrid(*[np.arange(s) for s in prepared.shape], indexing="ij"), -1).reshape(-1, 3)
+        return torch.from_numpy(_centres_to_world(prepared.affine, index)[:, 0].reshape(prepared.shape)).float()[None]
+
+    moved = resample_onto(world_x(shifted), shifted.affine, base)
+    assert moved.shape == (1, *base.shape)
+    torch.testing.assert_close(moved[0, 1:-1, 1:-1, 1:-1], world_x(base)[0, 1:-1, 1:-1, 1:-1], atol=1e-3, rtol=0)
+    assert float((moved[0, 0] - world_x(base)[0, 0]).abs().max()) > 1.0  # the border: a real difference, not skipped

@@ -134,6 +134,8 @@ def test_max_working_voxels_refusal_names_the_number(model, volume):
         ({"detection_path": "both"}, "detection_path must be one of"),
         ({"box_source": "both"}, r"box_source must be one of \('tokens', 'masks'\)"),
         ({"semantic_source": "voxels"}, r"semantic_source must be one of \('queries', 'class_tokens', 'both'\)"),
+        ({"grid_shifts": (0.0,)}, "grid_shifts must be fractions of a working voxel"),
+        ({"grid_shifts": (0.5, 1.5)}, "grid_shifts must be fractions of a working voxel"),
     ],
 )
 def test_bad_arguments(model, kwargs, message):
@@ -387,3 +389,28 @@ def test_class_scores_stay_probabilities_where_several_queries_claim_one_class(m
     for source in ("queries", "both"):
         scores = _predictor(model, semantic_source=source)._semantic_scores(out, class_masks)
         assert float(scores.max()) <= 1.0 and float(scores[0, 0].min()) > 0.99
+
+
+def test_shifted_grids_average_their_scores_on_the_working_grid(model, volume, monkeypatch):
+    """Each shifted grid is one more pass; their scores (here: the pass's number, constant) are averaged with the
+    working grid's after being brought onto it."""
+    predictor = _predictor(model, detection_path="segmentation", grid_shifts=(1 / 3, 2 / 3))
+    prepared = predictor.prepare(volume)
+    offsets = []
+
+    def constant_pass(prepared_grid, run_window):
+        offsets.append(prepared_grid.affine[:3, 3] - prepared.affine[:3, 3])
+        return torch.full((6, *prepared_grid.shape), float(len(offsets)))
+
+    monkeypatch.setattr(predictor, "_sliding_scores", constant_pass)
+    scores = predictor._with_shifted_grids(volume, prepared, torch.zeros((6, *prepared.shape)))
+    torch.testing.assert_close(scores, torch.full_like(scores, (0 + 1 + 2) / 3))
+    np.testing.assert_allclose(offsets[0], prepared.affine[:3, :3] @ np.full(3, 1 / 3), atol=1e-6)
+    np.testing.assert_allclose(offsets[1], prepared.affine[:3, :3] @ np.full(3, 2 / 3), atol=1e-6)
+
+
+def test_shifted_grids_give_outputs_on_the_input_grid(model, volume):
+    prediction = _predictor(model, detection_path="segmentation", mask_threshold=0.0, grid_shifts=(0.5,)).predict(
+        volume
+    )
+    _check_prediction(prediction, volume)

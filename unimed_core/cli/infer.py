@@ -36,7 +36,8 @@ from unimed_core.label_map import LabelMap
 from unimed_core.paths import BUNDLE_DIR, DEFAULT_RESCORER, DEFAULT_WEIGHTS
 
 # predictor options the learning benchmark chooses for the shipped weights, read from the bundle's inference config
-PREDICTOR_CHOICES = ("detection_path", "component_threshold", "semantic_source", "box_source", "score_threshold")
+PREDICTOR_CHOICES = ("detection_path", "component_threshold", "semantic_source", "box_source", "score_threshold",
+                     "grid_shifts")  # fmt: skip
 
 __all__ = ["main", "build_predictor", "parse_point", "parse_box", "FAMILIARITY"]
 

@@ -108,9 +108,15 @@ def normalize_intensity(
 
 
 def _to_working_grid(
-    array: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float], mode: str
+    array: np.ndarray,
+    affine: np.ndarray,
+    spacing: tuple[float, float, float],
+    mode: str,
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> MetaTensor:
-    """Reorient to (closest) RAS, then resample to ``spacing`` with the same directions and first voxel centre.
+    """Reorient to (closest) RAS, then resample to ``spacing`` with the same directions and first voxel centre
+    (moved by ``offset`` working voxels along each axis: the same size, its last voxels past the input's last centre
+    take the border's values).
 
     The output size is ``floor((n - 1) * old / new + 1e-4) + 1`` per axis: the input's extent from its first to
     its last voxel centre, never extrapolated. MONAI's ``Spacing`` rounds ``(n - 1) * old / new + 1`` instead,
@@ -124,25 +130,36 @@ def _to_working_grid(
     new = np.asarray(spacing, dtype=np.float64)
     dst = src.copy()
     dst[:3, :3] = src[:3, :3] / old * new
+    dst[:3, 3] += dst[:3, :3] @ np.asarray(offset, dtype=np.float64)
     size = np.floor((np.asarray(data.shape[1:]) - 1) * old / new + 1e-4).astype(int) + 1
     return SpatialResample(mode=mode, padding_mode="border")(
         data, dst_affine=torch.as_tensor(dst), spatial_size=tuple(int(v) for v in size)
     )
 
 
-def prepare_image(volume: Volume, spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)) -> PreparedVolume:
+def prepare_image(
+    volume: Volume,
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> PreparedVolume:
     """Reorient to RAS, resample to ``spacing`` mm and normalise intensities.
 
     Args:
         volume: the input volume (any orientation, spacing, oblique direction).
         spacing: working spacing in mm.
+        offset: where the working grid starts, in working voxels from the input's first voxel centre (a shifted
+            grid for test-time augmentation; 0 otherwise).
 
     Raises:
         ImageReadError: the volume's intensities are constant (nothing to analyse), naming its file.
     """
     if len(spacing) != 3 or any(s <= 0 for s in spacing):
         raise ValueError(f"spacing must be three positive numbers in mm, got {spacing}")
-    resampled = _to_working_grid(volume.array.astype(np.float32, copy=False), volume.affine, spacing, "bilinear")
+    if len(offset) != 3 or not all(np.isfinite(offset)):
+        raise ValueError(f"offset must be three finite numbers (working voxels), got {offset}")
+    resampled = _to_working_grid(
+        volume.array.astype(np.float32, copy=False), volume.affine, spacing, "bilinear", offset
+    )
     try:
         image = normalize_intensity(resampled.as_tensor())
     except ValueError as e:  # a constant volume: the user needs to know which file
@@ -153,6 +170,16 @@ def prepare_image(volume: Volume, spacing: tuple[float, float, float] = (2.0, 2.
         source_shape=tuple(int(s) for s in volume.shape),
         source_affine=np.asarray(volume.affine, dtype=np.float64),
     )
+
+
+def resample_onto(data: torch.Tensor, affine: np.ndarray, prepared: PreparedVolume) -> torch.Tensor:
+    """(C, D, H, W) data on a grid with ``affine`` resampled trilinearly onto ``prepared``'s working grid (edges take
+    the border's values): another working grid's scores brought onto this one."""
+    src = MetaTensor(data.float(), affine=torch.as_tensor(np.asarray(affine, dtype=np.float64)))
+    out = SpatialResample(mode="bilinear", padding_mode="border")(
+        src, dst_affine=torch.as_tensor(prepared.affine), spatial_size=prepared.shape
+    )
+    return out.as_tensor()
 
 
 def resample_label_to(labels: np.ndarray, label_affine: np.ndarray, prepared: PreparedVolume) -> torch.Tensor:

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from unimed_core.data.boxes import voxel_to_world_boxes, world_to_voxel_boxes, world_to_voxel_points
 from unimed_core.data.image_io import Volume
-from unimed_core.data.preprocess import PreparedVolume, prepare_image, restore_labels
+from unimed_core.data.preprocess import PreparedVolume, prepare_image, resample_onto, restore_labels
 from unimed_core.inference.candidate_rescorer import CandidateRescorer, candidate_features, load_rescorer
 from unimed_core.inference.familiarity import FamiliarityReference, familiarity_warnings
 from unimed_core.label_map import LabelMap
@@ -116,6 +116,9 @@ class UniMedPredictor:
         rescorer: on the "segmentation" path, a false-positive reduction stage (a ``CandidateRescorer`` or its
             weight file, hash checked) whose probability replaces each candidate's peak score, and whose
             candidates also inform the lesion classes' image probabilities; None: the peaks, and the image head.
+        grid_shifts: automatic mode only: the class scores are the mean over the working grid and grids shifted by
+            each of these fractions of a working voxel along every axis (test-time augmentation; each costs one
+            more pass of the network). Prompted modes use one pass.
 
     Example:
         >>> predictor = UniMedPredictor(unimed_small(), LabelMap.default())  # doctest: +SKIP
@@ -141,6 +144,7 @@ class UniMedPredictor:
         box_source: str = "tokens",
         familiarity: FamiliarityReference | str | None = None,
         rescorer: CandidateRescorer | str | None = None,
+        grid_shifts: Sequence[float] = (),
     ) -> None:
         if len(roi_size) != 3 or any(int(r) <= 0 or int(r) % 16 for r in roi_size):
             raise ValueError(f"roi_size must be three positive multiples of 16, got {roi_size}")
@@ -170,6 +174,11 @@ class UniMedPredictor:
             familiarity = FamiliarityReference.load(familiarity)
         self.familiarity = familiarity
         self.rescorer = load_rescorer(rescorer) if isinstance(rescorer, (str, Path)) else rescorer
+        if not all(np.isfinite(float(g)) and 0 < abs(float(g)) < 1 for g in grid_shifts):
+            raise ValueError(
+                f"grid_shifts must be fractions of a working voxel in (-1, 1) other than 0, got {grid_shifts}"
+            )
+        self.grid_shifts = tuple(float(g) for g in grid_shifts)
         num_fg = label_map.num_mask_classes - 1
         self._mask_classes = list(range(num_fg))  # class index i ↔ mask id i + 1
         self._box_classes = label_map.box_class_indices()
@@ -227,22 +236,9 @@ class UniMedPredictor:
                 windows.append(self._window_results(out, b, patch.shape[2:], offset, generated))
             return scores
 
-        image = prepared.image[None].to(self.device)
-        scores = sliding_window_inference(
-            image,
-            self.roi_size,
-            sw_batch_size=1,
-            predictor=run_window,
-            overlap=self.overlap,
-            mode="gaussian",
-            # A study smaller than the window is padded with air (its lowest value), as training pads a patch
-            # (``crop_case_at``); MONAI's default 0 is mid-grey in the working range and reads as tissue.
-            cval=float(image.min()),
-            with_coord=True,
-            sw_device=self.device,
-            device="cpu",
-        )[0]
-        scores = F.interpolate(scores[None].float(), size=prepared.shape, mode="trilinear")[0]
+        scores = self._sliding_scores(prepared, run_window)
+        if self.grid_shifts:
+            scores = self._with_shifted_grids(volume, prepared, scores)
         # the label is taken on the input grid from the scores interpolated there (DESIGN.md §5), slab by slab
         restored = restore_labels(scores, prepared, lambda slab: self._labels_from_scores(slab, wanted)).numpy()
         found = windows
@@ -295,6 +291,42 @@ class UniMedPredictor:
                                  f"map gives {features.shape[1]}")  # fmt: skip
             candidates = {**candidates, "scores": self.rescorer(features)}
         return {**candidates, "features": features}
+
+    def _sliding_scores(self, prepared: PreparedVolume, run_window) -> torch.Tensor:
+        """(K, D, H, W) class scores on ``prepared``'s working grid, the windows blended by MONAI's inferer."""
+        image = prepared.image[None].to(self.device)
+        scores = sliding_window_inference(
+            image,
+            self.roi_size,
+            sw_batch_size=1,
+            predictor=run_window,
+            overlap=self.overlap,
+            mode="gaussian",
+            # A study smaller than the window is padded with air (its lowest value), as training pads a patch
+            # (``crop_case_at``); MONAI's default 0 is mid-grey in the working range and reads as tissue.
+            cval=float(image.min()),
+            with_coord=True,
+            sw_device=self.device,
+            device="cpu",
+        )[0]
+        return F.interpolate(scores[None].float(), size=prepared.shape, mode="trilinear")[0]
+
+    def _with_shifted_grids(self, volume: Volume, prepared: PreparedVolume, scores: torch.Tensor) -> torch.Tensor:
+        """The mean of ``scores`` and the scores of working grids shifted by each of ``grid_shifts`` (working voxels,
+        along every axis), brought onto the unshifted grid: test-time augmentation that samples the anatomy at
+        other sub-voxel positions, so a boundary is not decided by where one 6 mm grid happens to fall."""
+
+        def run_window(patch: torch.Tensor, slices) -> torch.Tensor:
+            with self._autocast():
+                embeddings, levels = self.model.encode(patch)
+                out, class_masks = self.model.decode_with_class_masks(embeddings, levels, image=patch)
+            return self._semantic_scores(out, class_masks)
+
+        total = scores.clone()
+        for shift in self.grid_shifts:
+            shifted = prepare_image(volume, self.spacing, offset=(shift, shift, shift))
+            total += resample_onto(self._sliding_scores(shifted, run_window), shifted.affine, prepared)
+        return total / (1 + len(self.grid_shifts))
 
     def familiarity_warnings(self, volume: Volume) -> list[dict]:
         """Why ``volume`` looks unlike the training scans (``unimed_core.inference.familiarity``); [] when it
