@@ -186,3 +186,13 @@ def test_a_rescorer_fitted_at_another_component_threshold_is_refused(predictor_a
             predictor.predict(volume)
     finally:
         predictor.rescorer = None
+
+
+def test_the_shipped_rescorer_was_fitted_for_the_shipped_weights():
+    """Replacing bundle/models/model.pt without refitting the rescorer would silently fall back to the peaks (with a
+    warning): the bundle must ship the pair."""
+    from unimed_core.paths import DEFAULT_RESCORER, DEFAULT_WEIGHTS
+
+    rescorer = load_rescorer(DEFAULT_RESCORER)
+    assert rescorer.fitted_for == sha256_of(DEFAULT_WEIGHTS)
+    assert len(rescorer.members) == 5 and rescorer.num_features == len(feature_names(NAMES, BOX_CLASSES))
