@@ -2,10 +2,10 @@
 
 The shipped network's candidates on the "segmentation" detection path (components of a lesion class's score map at
 the bundle's component threshold, every score kept) are collected with their ``candidate_features`` on generated
-studies the network never trained on: the default is the 960 extra studies of seed 3000, which only the continuation
-run ``curve_s0_lp_ft_new3000`` trained on, not the shipped weights (pass ``--fit-data`` for other weights; several
-folders pool their candidates). A
-candidate is a hit when its box overlaps a lesion of its class with IoU >= 0.1 (the mAP's criterion). The rescorer is
+studies the network never trained on: by default the extra studies of seeds 3000, 4000 and 5000 (``DATA-extra<SEED>-960``,
+made if missing, 576 of each annotated for lesions), which the shipped weights never saw (seed 3000 only the
+continuation run ``curve_s0_lp_ft_new3000`` trained on; pass other ``--fit-seeds`` for other weights). A candidate is a
+hit when its box overlaps a lesion of its class with IoU >= 0.1 (the mAP's criterion). The rescorer is
 fitted on them (three initialisations, for the spread), and the candidates of the tuning studies (validation + fresh
 seed 8, as ``benchmarks/component_threshold.py``), the benchmark's test studies and fresh seed 7 are ranked by their
 peaks and by each fit: lesion mAP@0.1 with MONAI's matching and COCO metric, as everywhere. The candidates are taken
@@ -29,7 +29,13 @@ import numpy as np
 import torch
 from monai.data.box_utils import box_iou
 
-from benchmarks.learning_curve import RESULTS, benchmark_items, benchmark_predictor, bundle_choices
+from benchmarks.learning_curve import (
+    RESULTS,
+    benchmark_items,
+    benchmark_predictor,
+    bundle_choices,
+    extra_training_items,
+)
 from unimed_core.data.atomic import atomic_write, atomic_write_json, atomic_write_text
 from unimed_core.data.image_io import read_image
 from unimed_core.inference.candidate_rescorer import feature_names, fit_rescorer, save_rescorer
@@ -40,6 +46,7 @@ from unimed_core.paths import BUNDLE_DIR, DEFAULT_WEIGHTS
 __all__ = ["candidate_hits", "collect", "detection_summary", "main"]
 
 IOU = 0.1
+EXTRA_STUDIES = 960  # generated per fit seed, as the learning curve's extra studies
 KEYS = ("mAP@0.10", "AP@0.10/cyst", "AP@0.10/tumor", "recall@0.10", "mAP@0.25")
 SETS = {"tuning: validation + fresh seed 8": [("", 0, "validation"), ("-fresh8", 8, "test")],
         "test": [("", 0, "test")], "test, fresh seed 7": [("-fresh7", 7, "test")]}  # fmt: skip
@@ -107,9 +114,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--data", type=Path, default=Path("data/learning-cpu"), help="the benchmark's studies")
-    parser.add_argument("--fit-data", type=Path, nargs="+", default=[Path("data/learning-cpu-extra3000-960")],
-                        help="folders of generated studies the weights never trained on")  # fmt: skip
-    parser.add_argument("--fit-seed", type=int, nargs="+", default=[3000], help="the data seed of each --fit-data")
+    parser.add_argument("--fit-seeds", type=int, nargs="+", default=[3000, 4000, 5000],
+                        help="seeds of the extra generated studies to fit on (DATA-extra<SEED>-960); none the weights "
+                             "trained on")  # fmt: skip
     parser.add_argument("--fit-studies", type=int, default=576, help="lesion-annotated studies of each to fit on")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fit seeds; the first is saved")
     parser.add_argument("--out", type=Path, default=BUNDLE_DIR / "models" / "rescorer.pt")
@@ -125,9 +132,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     config = json.loads((BUNDLE_DIR / "configs" / "inference.json").read_text())["predictor"]
     threshold = config["component_threshold"] if args.component_threshold is None else args.component_threshold
-    if len(args.fit_data) != len(args.fit_seed):
-        raise SystemExit("give one --fit-seed per --fit-data folder")
-    label_map = benchmark_items(args.fit_data[0], args.fit_seed[0])[0]
+    label_map = benchmark_items(args.data, 0)[0]
     box_names = list(label_map.box_classes)
     predictor = bundle_choices(benchmark_predictor(args.weights, label_map), config)
     # every candidate (the rescorer's probabilities may fall below the benchmarks' usual 0.05: they still rank)
@@ -136,9 +141,11 @@ def main(argv=None) -> int:
     shifts = "".join(f"-shift{g:.3g}" for g in predictor.grid_shifts)  # the candidates of the bundle's passes
     cache = args.cache / f"{weights_sha256[:12]}-component{threshold:g}{shifts}"
     parts = []
-    for data, seed in zip(args.fit_data, args.fit_seed):
-        labelled = [i for i in benchmark_items(data, seed)[1]["training"] if "boxes" in i][: args.fit_studies]
-        parts.append(_cached_candidates(predictor, cache, f"{data.name}-{len(labelled)}", labelled, box_names))
+    for seed in args.fit_seeds:
+        extra = extra_training_items(args.data, 0, EXTRA_STUDIES, seed)
+        labelled = [i for i in extra if "boxes" in i][: args.fit_studies]
+        name = f"{args.data.name}-extra{seed}-{EXTRA_STUDIES}-{len(labelled)}"
+        parts.append(_cached_candidates(predictor, cache, name, labelled, box_names))
     fit = _pooled(parts)
     fit_studies = int(fit["studies"])
     print(f"fit on {fit_studies} studies: {len(fit['hits'])} candidates, {int(fit['hits'].sum())} hits", flush=True)
@@ -147,7 +154,8 @@ def main(argv=None) -> int:
     out = {"command": f"python -m benchmarks.candidate_rescorer --weights {args.weights} --out {args.out}",
            "weights_sha256": weights_sha256, "component_threshold": threshold, "iou": IOU,
            "grid_shifts": list(predictor.grid_shifts),
-           "fit": {"data": [str(d) for d in args.fit_data], "seed": args.fit_seed, "studies": fit_studies,
+           "fit": {"data": [f"{args.data}-extra{seed}-{EXTRA_STUDIES}" for seed in args.fit_seeds],
+                   "seed": args.fit_seeds, "studies": fit_studies,
                    "candidates": int(len(hits)), "hits": int(hits.sum()), "fit_seeds": args.seeds},
            "features": feature_names([label_map.class_names[c] for c in range(label_map.num_mask_classes - 1)],
                                      label_map.box_class_indices()),
@@ -174,7 +182,7 @@ def main(argv=None) -> int:
     out["rescorer_sha256"] = save_rescorer(rescorers[0], args.out)
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.results / "candidate_rescorer.json", out)
-    lines = [f"Rescorer fitted on {fit_studies} studies of {', '.join(f'`{d.name}`' for d in args.fit_data)} ({len(hits)} candidates, "
+    lines = [f"Rescorer fitted on {fit_studies} studies of {', '.join(f'`{Path(d).name}`' for d in out['fit']['data'])} ({len(hits)} candidates, "
              f"{int(hits.sum())} hits) for weights `{weights_sha256[:8]}…` at component threshold {threshold}; "
              f"saved: seed {args.seeds[0]} (`{out['rescorer_sha256'][:8]}…`).", "",
              "| studies | lesion scores | " + " | ".join(KEYS) + " |", "|---|---|" + "---|" * len(KEYS)]  # fmt: skip

@@ -102,3 +102,11 @@ def test_weights_without_the_refinement_units_continue_in_a_head_that_has_them(s
     assert torch.equal(grown.fine_class_head.stem.weight, model.fine_class_head.stem.weight)
     with pytest.raises(WeightsError, match="missing or unexpected"):  # only the named part may be missing
         load_weights(grown, path, missing_ok=("decomposed_decoder",))
+
+
+def test_the_same_tensors_give_the_same_file_wherever_they_are_saved(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    first = save_weights(model, tmp_path / "a" / "model.pt")
+    second = save_weights(model, tmp_path / "b" / "other_name.pt")
+    assert first == second

@@ -7,6 +7,7 @@ or truncated after it was written (or downloaded).
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import torch
@@ -29,12 +30,19 @@ def sha256_of(path: str | Path) -> str:
 
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> str:
-    """Write ``model``'s state dict to ``path`` and its sha256 to ``path.sha256``; returns the hash."""
+    """Write ``model``'s state dict to ``path`` and its sha256 to ``path.sha256``; returns the hash.
+
+    The same tensors give the same bytes (so the same hash) wherever they are saved: ``torch.save`` to a file names
+    the zip archive's folder after the file, here the atomic write's temporary name, which differs every time; saved
+    to a buffer the folder is always ``archive``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_write(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
     digest = sha256_of(path)
     atomic_write_text(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
     return digest
