@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     print(f"fit on {fit_studies} studies: {len(fit['hits'])} candidates, {int(fit['hits'].sum())} hits", flush=True)
     features, hits = torch.from_numpy(fit["features"]).float(), torch.from_numpy(fit["hits"])
     rescorers = [fit_rescorer(features, hits, threshold, seed=s, weights_sha256=weights_sha256) for s in args.seeds]
-    out = {"command": f"python -m benchmarks.candidate_rescorer --weights {args.weights} --out {args.out}",
+    out = {"command": f"python -m benchmarks.candidate_rescorer --weights {args.weights} --out {os.path.relpath(args.out)}",
            "weights_sha256": weights_sha256, "component_threshold": threshold, "iou": IOU,
            "grid_shifts": list(predictor.grid_shifts),
            "fit": {"data": [f"{args.data}-extra{seed}-{EXTRA_STUDIES}" for seed in args.fit_seeds],
