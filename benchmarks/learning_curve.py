@@ -35,6 +35,7 @@ import torch
 
 from benchmarks.learning import LESION_RADIUS_MM, PATCH, SPACING, json_safe, make_data
 from benchmarks.report import format_spread
+from unimed_core.cli.infer import PREDICTOR_CHOICES
 from unimed_core.data.atomic import atomic_write_json, atomic_write_text
 from unimed_core.data.augmentation import DEFAULT_AUGMENTATION
 from unimed_core.data.datalist import load_datalist
@@ -235,14 +236,13 @@ def benchmark_predictor(weights: Path, label_map: LabelMap, architecture: dict |
 
 
 def bundle_choices(predictor: UniMedPredictor, config: dict | None = None) -> UniMedPredictor:
-    """``predictor`` with the choices the bundle's ``inference.json`` made for the shipped weights (its detection
-    path, component threshold and grid shifts; not the rescorer nor the reporting cut, which benchmarks set as
-    they need). Returns the predictor."""
+    """``predictor`` with the choices the bundle's ``inference.json`` made for the shipped weights, the ones
+    ``unimed-infer`` reads too (``PREDICTOR_CHOICES``: detection path, component threshold, grid shifts, ...) but
+    the reporting cut, and not the rescorer: benchmarks set those as they need. Returns the predictor."""
     if config is None:
         config = json.loads((BUNDLE_DIR / "configs" / "inference.json").read_text())["predictor"]
-    predictor.detection_path = config.get("detection_path", predictor.detection_path)
-    predictor.component_threshold = config.get("component_threshold", predictor.component_threshold)
-    predictor.grid_shifts = tuple(config.get("grid_shifts", ()))
+    for key in (k for k in PREDICTOR_CHOICES if k != "score_threshold" and k in config):
+        setattr(predictor, key, tuple(config[key]) if key == "grid_shifts" else config[key])
     return predictor
 
 

@@ -28,20 +28,23 @@ BOX_CLASSES = LM.box_class_indices()
 
 
 def _scene():
-    """A 16³ working grid: liver everywhere on the left half, a bright 'tumour' blob inside it."""
+    """A 16³ working grid: liver everywhere on the left half (its label volume: liver there, background elsewhere), a
+    bright 'tumour' blob inside it."""
     scores = torch.zeros(len(NAMES), 16, 16, 16)
     image = torch.full((16, 16, 16), -0.5)
     scores[0, :8] = 0.9
     tumor = NAMES.index("tumor")
     scores[tumor, 3:6, 4:7, 4:7] = 0.6
     image[3:6, 4:7, 4:7] = 0.8
+    labels = torch.zeros((16, 16, 16), dtype=torch.long)
+    labels[:8] = 1
     boxes = torch.tensor([[3.0, 4.0, 4.0, 6.0, 7.0, 7.0]])
-    return boxes, torch.tensor([0.6]), torch.tensor([tumor]), scores, image
+    return boxes, torch.tensor([0.6]), torch.tensor([tumor]), scores, image, labels
 
 
 def test_features_read_size_contrast_and_the_surrounding_organ():
-    boxes, peaks, classes, scores, image = _scene()
-    features = candidate_features(boxes, peaks, classes, scores, image, BOX_CLASSES, 0.2, 0.5, [0.1, 0.7])
+    boxes, peaks, classes, scores, image, labels = _scene()
+    features = candidate_features(boxes, peaks, classes, scores, image, BOX_CLASSES, 0.2, labels, [0.1, 0.7])
     names = feature_names(NAMES, BOX_CLASSES)
     assert features.shape == (1, len(names))
     row = dict(zip(names, features[0].tolist()))
@@ -56,9 +59,9 @@ def test_features_read_size_contrast_and_the_surrounding_organ():
 
 
 def test_no_candidates_give_an_empty_table_of_the_right_width():
-    _, _, _, scores, image = _scene()
+    _, _, _, scores, image, labels = _scene()
     empty = candidate_features(torch.zeros((0, 6)), torch.zeros(0), torch.zeros(0, dtype=torch.long), scores, image,
-                               BOX_CLASSES, 0.2, 0.5, [0.0, 0.0])  # fmt: skip
+                               BOX_CLASSES, 0.2, labels, [0.0, 0.0])  # fmt: skip
     assert empty.shape == (0, len(feature_names(NAMES, BOX_CLASSES)))
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "PreparedVolume",
     "prepare_image",
     "resample_label_to",
+    "resample_onto",
     "restore_to_source",
     "restore_slabs",
     "restore_labels",
@@ -172,11 +173,18 @@ def prepare_image(
     )
 
 
-def resample_onto(data: torch.Tensor, affine: np.ndarray, prepared: PreparedVolume) -> torch.Tensor:
-    """(C, D, H, W) data on a grid with ``affine`` resampled trilinearly onto ``prepared``'s working grid (edges take
-    the border's values): another working grid's scores brought onto this one."""
+def resample_onto(
+    data: torch.Tensor,
+    affine: np.ndarray,
+    prepared: PreparedVolume,
+    mode: str = "bilinear",
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """(C, D, H, W) data on a grid with ``affine`` resampled onto ``prepared``'s working grid (MONAI's
+    ``SpatialResample``; by default trilinear, edges taking the border's values: another working grid's scores
+    brought onto this one)."""
     src = MetaTensor(data.float(), affine=torch.as_tensor(np.asarray(affine, dtype=np.float64)))
-    out = SpatialResample(mode="bilinear", padding_mode="border")(
+    out = SpatialResample(mode=mode, padding_mode=padding_mode)(
         src, dst_affine=torch.as_tensor(prepared.affine), spatial_size=prepared.shape
     )
     return out.as_tensor()
@@ -184,11 +192,8 @@ def resample_onto(data: torch.Tensor, affine: np.ndarray, prepared: PreparedVolu
 
 def resample_label_to(labels: np.ndarray, label_affine: np.ndarray, prepared: PreparedVolume) -> torch.Tensor:
     """Put a label volume (with its own affine) on ``prepared``'s working grid (nearest neighbour)."""
-    src = MetaTensor(torch.as_tensor(np.ascontiguousarray(labels)).float()[None], affine=torch.as_tensor(label_affine))
-    out = SpatialResample(mode="nearest", padding_mode="zeros")(
-        src, dst_affine=torch.as_tensor(prepared.affine), spatial_size=prepared.shape
-    )
-    return out.as_tensor()[0].round().long()
+    data = torch.as_tensor(np.ascontiguousarray(labels))[None]
+    return resample_onto(data, label_affine, prepared, mode="nearest", padding_mode="zeros")[0].round().long()
 
 
 def restore_slabs(

@@ -58,7 +58,7 @@ def candidate_features(
     image: torch.Tensor,
     box_classes: Sequence[int],
     threshold: float,
-    mask_threshold: float,
+    labels: torch.Tensor,
     image_probabilities: Sequence[float],
 ) -> torch.Tensor:
     """(N, F) features of N candidates, columns as ``feature_names``.
@@ -72,8 +72,8 @@ def candidate_features(
         box_classes: class indices of the lesion classes.
         threshold: the component threshold the candidates were found at (their region is the box's voxels whose
             own class score reaches it).
-        mask_threshold: score above which a voxel takes its best class (the label volume's rule), for the organ
-            that surrounds a candidate.
+        labels: (D, H, W) the label volume on the working grid (0 background, class index + 1 elsewhere; the
+            predictor's ``_labels_from_scores``), for the organ that surrounds a candidate.
         image_probabilities: the image-level probability of each box class, in ``box_classes`` order.
     """
     n, k = len(boxes), scores.shape[0]
@@ -81,8 +81,6 @@ def candidate_features(
     if n == 0:
         return torch.zeros((0, width))
     shape = torch.tensor(scores.shape[1:])
-    best, index = scores.max(0)
-    labels = torch.where(best >= mask_threshold, index + 1, torch.zeros_like(index))  # 0: background
     rows = []
     for j in range(n):
         lo = boxes[j, :3].long().clamp(min=0)

@@ -283,7 +283,7 @@ class UniMedPredictor:
             )
         names = [self.label_map.class_names[c] for c in box_classes]
         features = candidate_features(candidates["boxes"], candidates["scores"], candidates["labels"], scores,
-                                      prepared.image[0], box_classes, threshold, self.mask_threshold,
+                                      prepared.image[0], box_classes, threshold, self._labels_from_scores(scores, None),
                                       [probs.get(n, 0.0) for n in names])  # fmt: skip
         if self.rescorer is not None and len(features):
             if features.shape[1] != self.rescorer.num_features:
