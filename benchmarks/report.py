@@ -266,6 +266,21 @@ def _grid_shifts(g: dict) -> list[str]:
     return lines + _table(header, rows) + [""]
 
 
+def _boundary_refiner(b: dict) -> list[str]:
+    fit = b["fit"]
+    lines = ["## Organ boundaries: the boundary refiner", "",
+             "`benchmarks/boundary_refiner.py`: each organ's band (one voxel either side of its predicted boundary, "
+             f"on a {b['spacing_mm']:g} mm grid) decided again by a small MLP from the network's score and the "
+             "voxel's contrast to the study's own organ (`unimed_core/inference/boundary_refiner.py`); fitted on "
+             f"the band voxels of {fit['studies']} generated studies the network never trained on (seed "
+             f"{fit['seed']}; refiner `{b['refiner_sha256'][:8]}…`, weights `{b['weights_sha256'][:8]}…`).", ""]  # fmt: skip
+    keys = [k for k in next(iter(next(iter(b["sets"].values()))["rows"].values()))]
+    rows = [[f"{name} ({found['studies']})", label, *[row.get(k) for k in keys]]
+            for name, found in b["sets"].items() for label, row in found["rows"].items()]  # fmt: skip
+    header = ["studies", "label volume from", *[k.replace("dice/", "Dice ").replace("_", " ") for k in keys]]
+    return lines + _table(header, rows) + [""]
+
+
 def _image_label_fusion(f: dict) -> list[str]:
     lines = ["## Image labels that read the lesion candidates", "",
              "`benchmarks/image_label_fusion.py`: a lesion class's image probability from the image head, from the "
@@ -557,6 +572,8 @@ def build_report(results: Path, out: Path, plots: bool = True) -> str:
         lines += _component_threshold(component_threshold)
     if grid_shifts := _load(results / "grid_shifts.json"):
         lines += _grid_shifts(grid_shifts)
+    if boundary_refiner := _load(results / "boundary_refiner.json"):
+        lines += _boundary_refiner(boundary_refiner)
     if candidate_rescorer := _load(results / "candidate_rescorer.json"):
         other = _load(results / "candidate_rescorer_component0.2" / "candidate_rescorer.json")
         lines += _candidate_rescorer(candidate_rescorer, other)

@@ -131,7 +131,7 @@ def test_the_bundle_uses_a_rescorer_only_with_the_weights_it_was_fitted_for(tmp_
     assert bundle_rescorer(tmp_path / "rescorer.pt", weights).fitted_for == sha256_of(weights)
     with caplog.at_level("WARNING"):
         assert bundle_rescorer(tmp_path / "rescorer.pt", other) is None
-    assert "keep their peak scores" in caplog.text
+    assert "it is left out; refit it with benchmarks/candidate_rescorer.py" in caplog.text
     with pytest.raises(ValueError, match="64-character"):
         CandidateRescorer(4, weights_sha256="abc")
 

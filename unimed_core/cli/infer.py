@@ -33,7 +33,7 @@ from unimed_core.data.image_io import read_image, write_label
 from unimed_core.inference.familiarity import warning_lines
 from unimed_core.inference.writers import case_name, write_prediction
 from unimed_core.label_map import LabelMap
-from unimed_core.paths import BUNDLE_DIR, DEFAULT_RESCORER, DEFAULT_WEIGHTS
+from unimed_core.paths import BUNDLE_DIR, DEFAULT_BOUNDARY_REFINER, DEFAULT_RESCORER, DEFAULT_WEIGHTS
 
 # predictor options the learning benchmark chooses for the shipped weights, read from the bundle's inference config
 PREDICTOR_CHOICES = ("detection_path", "component_threshold", "semantic_source", "box_source", "score_threshold",
@@ -71,6 +71,7 @@ def parse_box(text: str) -> list[float]:
 
 def build_predictor(weights: str | Path = DEFAULT_WEIGHTS, device: str = "auto", variant: str = "small", **kwargs):
     """The model from its factory, its weights checked and loaded safely, wrapped in a predictor."""
+    from unimed_core.inference.boundary_refiner import bundle_boundary_refiner
     from unimed_core.inference.candidate_rescorer import bundle_rescorer
     from unimed_core.inference.predictor import UniMedPredictor
     from unimed_core.model.factory import unimed_base, unimed_small
@@ -90,6 +91,8 @@ def build_predictor(weights: str | Path = DEFAULT_WEIGHTS, device: str = "auto",
         kwargs.setdefault("familiarity", FAMILIARITY)
     if DEFAULT_RESCORER.is_file() and "rescorer" not in kwargs:  # only for the weights it was fitted for
         kwargs["rescorer"] = bundle_rescorer(DEFAULT_RESCORER, weights)
+    if DEFAULT_BOUNDARY_REFINER.is_file() and "boundary_refiner" not in kwargs:  # likewise
+        kwargs["boundary_refiner"] = bundle_boundary_refiner(DEFAULT_BOUNDARY_REFINER, weights)
     return UniMedPredictor(model, label_map, device=device, amp=device.startswith("cuda"), **kwargs)
 
 

@@ -20,7 +20,6 @@ tensors, loaded with ``torch.load(..., weights_only=True)`` behind a hash like t
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,13 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from unimed_core.inference.fitted_stage import digest_buffer, digest_of, fit_full_batch, for_weights, versioned_state
 from unimed_core.model.checks import require_positive_ints
-from unimed_core.model.weights import WeightsError, checked_state, save_weights, sha256_of
+from unimed_core.model.weights import WeightsError, save_weights
 
 __all__ = ["CandidateRescorer", "bundle_rescorer", "candidate_features", "feature_names", "fit_rescorer",
            "load_rescorer", "save_rescorer"]  # fmt: skip
 
-logger = logging.getLogger(__name__)
 
 # Bumped whenever candidate_features changes what a column means: a rescorer fitted on other columns is refused.
 FEATURES_VERSION = 1
@@ -150,10 +149,7 @@ class CandidateRescorer(nn.Module):
         self.register_buffer("sd", torch.ones(num_features))
         self.register_buffer("component_threshold", torch.tensor(float(component_threshold)))
         self.register_buffer("features_version", torch.tensor(FEATURES_VERSION))
-        digest = (weights_sha256 or "").encode("ascii")
-        if len(digest) not in (0, 64):
-            raise ValueError(f"weights_sha256 must be a 64-character hex digest, got {weights_sha256!r}")
-        self.register_buffer("weights_sha256", torch.tensor(list(digest.ljust(64, b"\0")), dtype=torch.uint8))
+        self.register_buffer("weights_sha256", digest_buffer(weights_sha256))
         self.members = nn.ModuleList(
             nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Linear(hidden, 1)) for _ in range(members)
         )
@@ -165,8 +161,7 @@ class CandidateRescorer(nn.Module):
     @property
     def fitted_for(self) -> str | None:
         """The sha256 of the network weights it was fitted for, or None."""
-        digest = bytes(self.weights_sha256.tolist()).rstrip(b"\0").decode("ascii")
-        return digest or None
+        return digest_of(self.weights_sha256)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(N,) probabilities of (N, F) features."""
@@ -203,11 +198,7 @@ def fit_rescorer(
     rescorer.sd.copy_(features.std(0).clamp(min=1e-3))
     x, target = (features - rescorer.mean) / rescorer.sd, hits.float()
     for member in rescorer.members:
-        optimizer = torch.optim.AdamW(member.parameters(), lr=1e-2, weight_decay=weight_decay)
-        for _ in range(epochs):
-            optimizer.zero_grad()
-            nn.functional.binary_cross_entropy_with_logits(member(x).squeeze(-1), target).backward()
-            optimizer.step()
+        fit_full_batch(member, lambda: member(x).squeeze(-1), target, epochs, weight_decay)  # noqa: B023 (called now)
     return rescorer.eval()
 
 
@@ -223,12 +214,8 @@ def load_rescorer(path: str | Path, sha256: str | None = None) -> CandidateResco
     Raises:
         WeightsError: missing file or hash, hash mismatch, or tensors of another feature version.
     """
-    state = checked_state(path, sha256)
+    state = versioned_state(path, sha256, FEATURES_VERSION, "candidate features", "benchmarks/candidate_rescorer.py")
     try:
-        version = int(state["features_version"])
-        if version != FEATURES_VERSION:
-            raise WeightsError(f"{path}: fitted on candidate features version {version}, this code computes "
-                               f"version {FEATURES_VERSION}; refit it (benchmarks/candidate_rescorer.py)")  # fmt: skip
         hidden, num_features = state["members.0.0.weight"].shape
         members = len({k.split(".")[1] for k in state if k.startswith("members.")})
         rescorer = CandidateRescorer(num_features, hidden, members, float(state["component_threshold"]))
@@ -241,14 +228,7 @@ def load_rescorer(path: str | Path, sha256: str | None = None) -> CandidateResco
 def bundle_rescorer(path: str | Path | None, weights: str | Path) -> CandidateRescorer | None:
     """The bundle's rescorer for the network ``weights``: None when ``path`` is None, and None with a warning when
     the rescorer was fitted for other weights (a fine-tuned network's candidates are then scored by their peaks,
-    rather than by a stage that learned another network's scores)."""
+    rather than by a stage that learned another network's scores: ``fitted_stage.for_weights``)."""
     if path is None:
         return None
-    rescorer = load_rescorer(path)
-    digest = sha256_of(weights)
-    if rescorer.fitted_for is not None and rescorer.fitted_for != digest:
-        logger.warning("%s was fitted for the weights %s…, not %s (%s…): lesion candidates keep their peak scores; "
-                       "refit it with benchmarks/candidate_rescorer.py", path, rescorer.fitted_for[:12], weights,
-                       digest[:12])  # fmt: skip
-        return None
-    return rescorer
+    return for_weights(load_rescorer(path), path, weights, "benchmarks/candidate_rescorer.py")

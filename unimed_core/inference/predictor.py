@@ -29,6 +29,7 @@ from scipy import ndimage
 from unimed_core.data.boxes import voxel_to_world_boxes, world_to_voxel_boxes, world_to_voxel_points
 from unimed_core.data.image_io import Volume
 from unimed_core.data.preprocess import PreparedVolume, prepare_image, resample_onto, restore_labels
+from unimed_core.inference.boundary_refiner import BoundaryRefiner, load_boundary_refiner
 from unimed_core.inference.candidate_rescorer import CandidateRescorer, candidate_features, load_rescorer
 from unimed_core.inference.familiarity import FamiliarityReference, familiarity_warnings
 from unimed_core.label_map import LabelMap
@@ -119,6 +120,9 @@ class UniMedPredictor:
         grid_shifts: automatic mode only: the class scores are the mean over the working grid and grids shifted by
             each of these fractions of a working voxel along every axis (test-time augmentation; each costs one
             more pass of the network). Prompted modes use one pass.
+        boundary_refiner: automatic mode only: a ``BoundaryRefiner`` (or its weight file, hash checked) that
+            decides the organs' boundary voxels again from their score and the study's intensities, on its own
+            grid, before the label volume is restored to the input grid; None: the scores alone.
 
     Example:
         >>> predictor = UniMedPredictor(unimed_small(), LabelMap.default())  # doctest: +SKIP
@@ -145,6 +149,7 @@ class UniMedPredictor:
         familiarity: FamiliarityReference | str | None = None,
         rescorer: CandidateRescorer | str | None = None,
         grid_shifts: Sequence[float] = (),
+        boundary_refiner: BoundaryRefiner | str | None = None,
     ) -> None:
         if len(roi_size) != 3 or any(int(r) <= 0 or int(r) % 16 for r in roi_size):
             raise ValueError(f"roi_size must be three positive multiples of 16, got {roi_size}")
@@ -179,6 +184,9 @@ class UniMedPredictor:
                 f"grid_shifts must be fractions of a working voxel in (-1, 1) other than 0, got {grid_shifts}"
             )
         self.grid_shifts = tuple(float(g) for g in grid_shifts)
+        if isinstance(boundary_refiner, (str, Path)):
+            boundary_refiner = load_boundary_refiner(boundary_refiner)
+        self.boundary_refiner = boundary_refiner
         num_fg = label_map.num_mask_classes - 1
         self._mask_classes = list(range(num_fg))  # class index i ↔ mask id i + 1
         self._box_classes = label_map.box_class_indices()
@@ -239,8 +247,9 @@ class UniMedPredictor:
         scores = self._sliding_scores(prepared, run_window)
         if self.grid_shifts:
             scores = self._with_shifted_grids(volume, prepared, scores)
+        label_scores, label_grid = self.boundary_scores(volume, scores, prepared)
         # the label is taken on the input grid from the scores interpolated there (DESIGN.md §5), slab by slab
-        restored = restore_labels(scores, prepared, lambda slab: self._labels_from_scores(slab, wanted)).numpy()
+        restored = restore_labels(label_scores, label_grid, lambda slab: self._labels_from_scores(slab, wanted)).numpy()
         found = windows
         probs = self._image_probabilities(windows)
         if self.detection_path == "segmentation":
@@ -311,22 +320,42 @@ class UniMedPredictor:
         )[0]
         return F.interpolate(scores[None].float(), size=prepared.shape, mode="trilinear")[0]
 
+    def _scores_window(self, patch: torch.Tensor, slices) -> torch.Tensor:
+        """A sliding window's class scores, nothing else collected."""
+        with self._autocast():
+            embeddings, levels = self.model.encode(patch)
+            out, class_masks = self.model.decode_with_class_masks(embeddings, levels, image=patch)
+        return self._semantic_scores(out, class_masks)
+
+    @torch.no_grad()
+    def class_scores(self, volume: Volume, prepared: PreparedVolume | None = None) -> torch.Tensor:
+        """(K, D, H, W) class scores on the working grid of ``prepared`` (``self.prepare(volume)`` when None), as
+        ``predict`` decides the label volume from them (with ``grid_shifts``), before the boundary refiner."""
+        prepared = self.prepare(volume) if prepared is None else prepared
+        scores = self._sliding_scores(prepared, self._scores_window)
+        return self._with_shifted_grids(volume, prepared, scores) if self.grid_shifts else scores
+
     def _with_shifted_grids(self, volume: Volume, prepared: PreparedVolume, scores: torch.Tensor) -> torch.Tensor:
         """The mean of ``scores`` and the scores of working grids shifted by each of ``grid_shifts`` (working voxels,
         along every axis), brought onto the unshifted grid: test-time augmentation that samples the anatomy at
         other sub-voxel positions, so a boundary is not decided by where one 6 mm grid happens to fall."""
-
-        def run_window(patch: torch.Tensor, slices) -> torch.Tensor:
-            with self._autocast():
-                embeddings, levels = self.model.encode(patch)
-                out, class_masks = self.model.decode_with_class_masks(embeddings, levels, image=patch)
-            return self._semantic_scores(out, class_masks)
-
         total = scores.clone()
         for shift in self.grid_shifts:
             shifted = prepare_image(volume, self.spacing, offset=(shift, shift, shift))
-            total += resample_onto(self._sliding_scores(shifted, run_window), shifted.affine, prepared)
+            total += resample_onto(self._sliding_scores(shifted, self._scores_window), shifted.affine, prepared)
         return total / (1 + len(self.grid_shifts))
+
+    def boundary_scores(
+        self, volume: Volume, scores: torch.Tensor, prepared: PreparedVolume
+    ) -> tuple[torch.Tensor, PreparedVolume]:
+        """The scores the label volume is decided from, and their grid: ``scores`` on ``prepared``'s working grid
+        without a ``boundary_refiner``; with one, the scores brought onto its refinement grid (the scan resampled at
+        the refiner's spacing) and refined there (``BoundaryRefiner.refine``)."""
+        if self.boundary_refiner is None:
+            return scores, prepared
+        grid = prepare_image(volume, self.boundary_refiner.grid_spacing)
+        on_grid = resample_onto(scores, prepared.affine, grid)
+        return self.boundary_refiner.refine(grid.image[0], on_grid, self._labels_from_scores(on_grid, None)), grid
 
     def familiarity_warnings(self, volume: Volume) -> list[dict]:
         """Why ``volume`` looks unlike the training scans (``unimed_core.inference.familiarity``); [] when it
