@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=Path("data/learning-cpu"), help="the benchmark's studies")
     parser.add_argument("--fit-studies", type=int, default=240)
     parser.add_argument("--spacing", type=float, default=4.0, help="refinement grid, mm")
+    parser.add_argument("--seed", type=int, default=0, help="the MLPs' initialisation")
     parser.add_argument("--out", type=Path, default=Path("runs/boundary_refiner/boundary_refiner.pt"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -119,11 +120,13 @@ def main(argv=None) -> int:
         with atomic_write(cache) as tmp, open(tmp, "wb") as f:
             np.savez(f, **{f"features_{m}": s[0] for m, s in samples.items()},
                      **{f"truth_{m}": s[1] for m, s in samples.items()})  # fmt: skip
-    refiner = fit_boundary_refiner(_subsample(samples, MAX_FIT_VOXELS), args.spacing, weights_sha256=digest)
+    refiner = fit_boundary_refiner(_subsample(samples, MAX_FIT_VOXELS), args.spacing, seed=args.seed,
+                                   weights_sha256=digest)  # fmt: skip
     refiner_sha = save_boundary_refiner(refiner, args.out)
     names = {m: label_map.mask_classes[m] for m in mask_ids}
     keys = ["dice/organs_mean"] + [f"dice/{n}" for n in names.values()] + ["dice/cyst", "dice/tumor"]
-    out = {"command": f"python -m benchmarks.boundary_refiner --weights {args.weights} --out {args.out}",
+    out = {"command": f"python -m benchmarks.boundary_refiner --weights {args.weights} --out {args.out} "
+                      f"--fit-studies {args.fit_studies} --spacing {args.spacing:g} --seed {args.seed}",
            "weights_sha256": digest, "refiner_sha256": refiner_sha, "spacing_mm": args.spacing,
            "fit": {"seed": FIT_SEED, "studies": args.fit_studies,
                    "band_voxels": {names[m]: int(len(s[1])) for m, s in samples.items()},
