@@ -266,6 +266,17 @@ def _grid_shifts(g: dict) -> list[str]:
     return lines + _table(header, rows) + [""]
 
 
+def _boundary_refiner_ablation(shipped: dict, variants: dict[str, dict]) -> list[str]:
+    """Organ Dice of the refiner's variants (other initialisations, fit data, grids) beside the shipped fit."""
+    rows = []
+    for name, b in {"shipped": shipped, **variants}.items():
+        sets = b["sets"].values()
+        rows.append([name, b["fit"]["studies"], b["spacing_mm"], b["command"].split("--seed ")[-1] if "--seed" in
+                     b["command"] else 0, *[s["rows"]["boundary refiner"]["dice/organs_mean"] for s in sets]])  # fmt: skip
+    header = ["fit", "studies", "grid mm", "seed", *[f"organ Dice, {n}" for n in shipped["sets"]]]
+    return ["Variants of the fit (`benchmarks/results/boundary_refiner_ablation/`):", ""] + _table(header, rows) + [""]
+
+
 def _boundary_refiner(b: dict) -> list[str]:
     fit = b["fit"]
     lines = ["## Organ boundaries: the boundary refiner", "",
@@ -574,6 +585,12 @@ def build_report(results: Path, out: Path, plots: bool = True) -> str:
         lines += _grid_shifts(grid_shifts)
     if boundary_refiner := _load(results / "boundary_refiner.json"):
         lines += _boundary_refiner(boundary_refiner)
+        variants = {
+            p.parent.name: _load(p)
+            for p in sorted((results / "boundary_refiner_ablation").glob("*/boundary_refiner.json"))
+        }
+        if variants:
+            lines += _boundary_refiner_ablation(boundary_refiner, variants)
     if candidate_rescorer := _load(results / "candidate_rescorer.json"):
         other = _load(results / "candidate_rescorer_component0.2" / "candidate_rescorer.json")
         lines += _candidate_rescorer(candidate_rescorer, other)
