@@ -120,7 +120,7 @@ def evaluate_run(args) -> int:
         step = int(path.stem.split("_")[1])
         start = time.monotonic()
         summary, rows = evaluate_weights(config["model"], path, items[args.split], label_map)
-        cpu = next((row.get("cpu_seconds") for row in history if row["step"] >= step), None)
+        cpu = cpu_seconds_at(history, step)
         atomic_write_json(out, json_safe({"step": step, "cpu_seconds": cpu, "split": args.split, "weights": str(path),
                                           "model": config["model"], "task": config["task"],
                                           "eval_seconds": round(time.monotonic() - start, 1),
@@ -129,17 +129,27 @@ def evaluate_run(args) -> int:
     return 0
 
 
+def cpu_seconds_at(history: list[dict], step: int) -> float | None:
+    """The run's training CPU seconds at its first logged step at or after ``step`` (None when not logged yet)."""
+    return next((row.get("cpu_seconds") for row in history if row["step"] >= step), None)
+
+
 def rows_of(run: Path, split: str = "test") -> list[dict]:
-    """One row per evaluated snapshot of ``run``, in ``learning_curve.json``'s row shape."""
+    """One row per evaluated snapshot of ``run``, in ``learning_curve.json``'s row shape. A snapshot evaluated
+    while its run was still training (``history.json`` is written when a piece ends) takes its CPU seconds from the
+    history when it has them."""
     config = json.loads((run / "config.json").read_text())
+    history_path = run / "history.json"
+    history = json.loads(history_path.read_text()) if history_path.exists() else []
     task = config["task"]
     name, key = HEADLINE[task]
     rows = []
     for path in sorted(run.glob(f"eval_step_*_{split}.json")):
         ev = json.loads(path.read_text())
         summary = ev["summary"]
+        cpu = ev["cpu_seconds"] if ev["cpu_seconds"] is not None else cpu_seconds_at(history, ev["step"])
         rows.append({"run": run.name, "model": config["model"], "task": task, "seed": config["seed"],
-                     "step": ev["step"], "cpu_seconds": ev["cpu_seconds"], "total_steps": config["total_steps"],
+                     "step": ev["step"], "cpu_seconds": cpu, "total_steps": config["total_steps"],
                      "recipe": config["recipe"], name: summary.get(key),
                      **{k: summary.get(k) for k in DETAIL[task]}})  # fmt: skip
     return rows

@@ -41,3 +41,21 @@ def test_train_evaluate_assemble_a_baseline_curve(tmp_path):
     assert "![learning curve](figures/learning_curve_baselines.png)" in text
     assert "| densenet | 2 |" in text and "curve_s0 0.900" in text
     assert "classification, densenet vs UniMed curve_s0 (AUC, learning curve at step 2)" in text
+
+
+def test_a_snapshot_evaluated_before_its_run_ended_takes_its_cpu_time_from_the_history(tmp_path):
+    """``history.json`` is written when a training piece ends: a snapshot evaluated mid-run records no CPU time,
+    and the curve must not lose it once the history is there."""
+    from benchmarks.baseline_curve import rows_of
+
+    run = tmp_path / "baseline_segresnet_s0"
+    run.mkdir()
+    config = {"model": "segresnet", "task": "segmentation", "seed": 0, "total_steps": 8, "recipe": "r"}
+    (run / "config.json").write_text(json.dumps(config))
+    for step, cpu in ((2, None), (4, 40.0)):
+        (run / f"eval_step_{step}_test.json").write_text(
+            json.dumps({"step": step, "cpu_seconds": cpu, "summary": {"dice/organs_mean": 0.5}})
+        )
+    assert [r["cpu_seconds"] for r in rows_of(run)] == [None, 40.0]  # no history yet
+    (run / "history.json").write_text(json.dumps([{"step": 1, "cpu_seconds": 9.0}, {"step": 3, "cpu_seconds": 21.0}]))
+    assert [r["cpu_seconds"] for r in rows_of(run)] == [21.0, 40.0]  # the first logged step at or after 2
