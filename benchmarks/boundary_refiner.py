@@ -26,17 +26,16 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from benchmarks.candidate_rescorer import SETS
+from benchmarks.candidate_rescorer import SETS, set_items
 from benchmarks.learning_curve import (
     RESULTS,
-    benchmark_items,
     benchmark_predictor,
     bundle_choices,
     extra_training_items,
 )
 from unimed_core.data.atomic import atomic_write, atomic_write_json, atomic_write_text
 from unimed_core.data.image_io import read_image
-from unimed_core.data.preprocess import prepare_image, resample_label_to, resample_onto
+from unimed_core.data.preprocess import resample_label_to
 from unimed_core.evaluation import evaluate
 from unimed_core.inference.boundary_refiner import (
     FEATURE_NAMES,
@@ -63,14 +62,13 @@ def organ_mask_ids(label_map: LabelMap) -> list[int]:
 def fit_samples(predictor, items: list[dict], mask_ids: list[int], spacing: float) -> dict[int, tuple]:
     """Per organ, the band voxels' (N, F) features and (N,) truths of ``items`` (with ``label``), from the
     predictor's class scores on the refinement grid of ``spacing`` mm, as ``UniMedPredictor.boundary_scores``
-    reads them."""
+    reads them (``UniMedPredictor.on_refinement_grid``)."""
     out = {m: ([], []) for m in mask_ids}
     for n, item in enumerate(items):
         volume = read_image(item["image"])
         prepared = predictor.prepare(volume)
-        grid = prepare_image(volume, (spacing,) * 3)
-        scores = resample_onto(predictor.class_scores(volume, prepared), prepared.affine, grid)
-        labels = predictor._labels_from_scores(scores, None)
+        working = predictor.class_scores(volume, prepared)
+        grid, scores, labels = predictor.on_refinement_grid(volume, working, prepared, (spacing,) * 3)
         label_image = nib.load(item["label"])
         truth = resample_label_to(np.asarray(label_image.dataobj), label_image.affine, grid).numpy()
         for mask_id in mask_ids:
@@ -133,10 +131,7 @@ def main(argv=None) -> int:
                    "inside_share": {names[m]: round(float(s[1].mean()), 3) for m, s in samples.items()}},
            "features": list(FEATURE_NAMES), "sets": {}}  # fmt: skip
     for name, studies in SETS.items():
-        items = []
-        for suffix, seed, split in studies:
-            _, split_items = benchmark_items(Path(f"{args.data}{suffix}"), seed)
-            items += split_items[split]
+        _, items = set_items(args.data, studies)
         rows = {}
         for label, stage in (("scores alone", None), ("boundary refiner", refiner)):
             predictor.boundary_refiner = stage

@@ -44,13 +44,22 @@ from unimed_core.metrics import detection_metrics
 from unimed_core.model.weights import sha256_of
 from unimed_core.paths import BUNDLE_DIR, DEFAULT_WEIGHTS
 
-__all__ = ["candidate_hits", "collect", "detection_summary", "main"]
+__all__ = ["candidate_hits", "collect", "detection_summary", "main", "set_items"]
 
 IOU = 0.1
 EXTRA_STUDIES = 960  # generated per fit seed, as the learning curve's extra studies
 KEYS = ("mAP@0.10", "AP@0.10/cyst", "AP@0.10/tumor", "recall@0.10", "mAP@0.25")
 SETS = {"tuning: validation + fresh seed 8": [("", 0, "validation"), ("-fresh8", 8, "test")],
         "test": [("", 0, "test")], "test, fresh seed 7": [("-fresh7", 7, "test")]}  # fmt: skip
+
+
+def set_items(data: Path, studies: list[tuple[str, int, str]]):
+    """(label map, items) of one of ``SETS``' study sets: each (folder suffix, data seed, split) of ``data``."""
+    items = []
+    for suffix, seed, split in studies:
+        label_map, split_items = benchmark_items(Path(f"{data}{suffix}"), seed)
+        items += split_items[split]
+    return label_map, items
 
 
 def candidate_hits(

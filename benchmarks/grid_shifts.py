@@ -22,8 +22,8 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.candidate_rescorer import SETS
-from benchmarks.learning_curve import RESULTS, benchmark_items, benchmark_predictor
+from benchmarks.candidate_rescorer import SETS, set_items
+from benchmarks.learning_curve import RESULTS, benchmark_predictor
 from unimed_core.data.atomic import atomic_write_json, atomic_write_text
 from unimed_core.evaluation import evaluate
 from unimed_core.model.weights import sha256_of
@@ -54,10 +54,7 @@ def main(argv=None) -> int:
            "weights_sha256": sha256_of(args.weights), "component_threshold": config["component_threshold"],
            "candidates": {k: list(v) for k, v in CANDIDATES.items()}, "sets": {}}  # fmt: skip
     for name, studies in SETS.items():
-        items = []
-        for suffix, seed, split in studies:
-            label_map, split_items = benchmark_items(Path(f"{args.data}{suffix}"), seed)
-            items += split_items[split]
+        label_map, items = set_items(args.data, studies)
         rows = {}
         for label, shifts in CANDIDATES.items():
             predictor = benchmark_predictor(args.weights, label_map)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from benchmarks.candidate_rescorer import SETS
-from benchmarks.learning_curve import RESULTS, benchmark_items, benchmark_predictor, bundle_choices
+from benchmarks.candidate_rescorer import SETS, set_items
+from benchmarks.learning_curve import RESULTS, benchmark_predictor, bundle_choices
 from unimed_core.data.atomic import atomic_write_json, atomic_write_text
 from unimed_core.data.image_io import read_image
 from unimed_core.inference.candidate_rescorer import bundle_rescorer
@@ -76,10 +76,7 @@ def main(argv=None) -> int:
     out = {"command": f"python -m benchmarks.image_label_fusion --weights {args.weights}",
            "weights_sha256": sha256_of(args.weights), "rescorer_sha256": sha256_of(args.rescorer), "sets": {}}  # fmt: skip
     for name, studies in SETS.items():
-        items = []
-        for suffix, seed, split in studies:
-            label_map, split_items = benchmark_items(Path(f"{args.data}{suffix}"), seed)
-            items += split_items[split]
+        label_map, items = set_items(args.data, studies)
         box_names = [n for n in label_map.box_classes if n in label_map.image_classes]
         found = _studies(args.weights, rescorer, items, box_names, label_map)
         rows = {}

@@ -353,9 +353,17 @@ class UniMedPredictor:
         the refiner's spacing) and refined there (``BoundaryRefiner.refine``)."""
         if self.boundary_refiner is None:
             return scores, prepared
-        grid = prepare_image(volume, self.boundary_refiner.grid_spacing)
+        grid, on_grid, labels = self.on_refinement_grid(volume, scores, prepared, self.boundary_refiner.grid_spacing)
+        return self.boundary_refiner.refine(grid.image[0], on_grid, labels), grid
+
+    def on_refinement_grid(
+        self, volume: Volume, scores: torch.Tensor, prepared: PreparedVolume, spacing: Sequence[float]
+    ) -> tuple[PreparedVolume, torch.Tensor, torch.Tensor]:
+        """What a boundary refiner reads (and ``benchmarks/boundary_refiner.py`` fits on): the scan resampled at
+        ``spacing`` mm, working-grid ``scores`` brought onto that grid, and the mask ids decided there."""
+        grid = prepare_image(volume, tuple(spacing))
         on_grid = resample_onto(scores, prepared.affine, grid)
-        return self.boundary_refiner.refine(grid.image[0], on_grid, self._labels_from_scores(on_grid, None)), grid
+        return grid, on_grid, self._labels_from_scores(on_grid, None)
 
     def familiarity_warnings(self, volume: Volume) -> list[dict]:
         """Why ``volume`` looks unlike the training scans (``unimed_core.inference.familiarity``); [] when it
